@@ -1,0 +1,74 @@
+"""What a node and a replica cost per hour, and how many replicas a pool still fits."""
+
+from __future__ import annotations
+
+import math
+
+from hetplace.engine.snapshot import Pool, Resources
+
+HOURS_PER_YEAR = 8760.0
+_FIT_EPSILON = 1e-9
+
+
+def tco_cost_per_hour(
+    capex: float,
+    amortization_years: float,
+    power_watts: float,
+    pue: float,
+    electricity_per_kwh: float,
+    opex_per_hour: float,
+) -> float:
+    """Owned hardware: amortised purchase + energy at the facility's PUE + running costs."""
+    return (
+        capex / (amortization_years * HOURS_PER_YEAR)
+        + power_watts / 1000.0 * pue * electricity_per_kwh
+        + opex_per_hour
+    )
+
+
+def dominant_share(request: Resources, node: Resources) -> float:
+    """The largest fraction of one node that a replica takes (DRF-style), inf if it cannot fit."""
+    shares = []
+    for asked, offered in (
+        (request.cpu_cores, node.cpu_cores),
+        (request.memory_bytes, node.memory_bytes),
+        (request.accelerators, node.accelerators),
+    ):
+        if asked <= 0:
+            continue
+        if offered <= 0:
+            return math.inf
+        shares.append(asked / offered)
+    return max(shares, default=0.0)
+
+
+def replica_cost_per_hour(pool: Pool, request: Resources) -> float:
+    """A replica pays for its dominant share of a node."""
+    return pool.node_cost_per_hour * dominant_share(request, pool.node)
+
+
+def replicas_per_node(request: Resources, node: Resources) -> int:
+    """How many replicas of `request` one empty node holds."""
+    fits = []
+    for asked, offered in (
+        (request.cpu_cores, node.cpu_cores),
+        (request.memory_bytes, node.memory_bytes),
+        (request.accelerators, node.accelerators),
+    ):
+        if asked > 0:
+            fits.append(math.floor(offered / asked + _FIT_EPSILON))
+    return min(fits) if fits else 1_000_000
+
+
+def replicas_that_fit(pool: Pool, request: Resources, used: Resources) -> int:
+    """Replicas the pool can still take: bounded by whole nodes and by what others already use."""
+    by_nodes = pool.node_count * replicas_per_node(request, pool.node)
+    free = Resources(
+        pool.capacity.cpu_cores - used.cpu_cores,
+        pool.capacity.memory_bytes - used.memory_bytes,
+        pool.capacity.accelerators - used.accelerators,
+    )
+    by_free = replicas_per_node(request, free) if any(
+        v > 0 for v in (request.cpu_cores, request.memory_bytes, request.accelerators)
+    ) else by_nodes
+    return max(0, min(by_nodes, by_free))

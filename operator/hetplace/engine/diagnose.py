@@ -1,0 +1,123 @@
+"""Human reasons: why a workload has no placement, and why each unchosen option lost."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from hetplace.engine.decision import GroupPlan, Rejection
+from hetplace.engine.groups import Candidate, GroupTable, RouteTable
+from hetplace.engine.queueing import compute_latency_s
+from hetplace.engine.snapshot import Traffic, Workload
+
+
+@dataclass(frozen=True)
+class NearMiss:
+    """The closest a route came to feasible; `ratio` > 1 says by how much it missed."""
+
+    ratio: float
+    text: str
+
+
+def near_miss(w: Workload, g: int, s: int, t: Traffic, cand: Candidate, routes: RouteTable) -> NearMiss | None:
+    """Best case for site s on candidate g alone: every replica the pool and spec allow."""
+    label = f"{t.site} -> {cand.pool.name}/{cand.variant.name}"
+    most = max(1, min(cand.replicas_that_fit, w.replicas_max))
+    load = t.requests_per_second * cand.variant.latency_ms / 1000.0
+    servers = most * cand.variant.concurrency
+    compute_s = float(compute_latency_s(
+        np.array([most]), cand.variant.concurrency, np.array([t.requests_per_second]),
+        cand.variant.latency_ms, cand.variant.tail_latency_ms, w.percentile)[0])
+    best: NearMiss | None = None
+    for e, enc in enumerate(w.encodings):
+        util = float(routes.utilization[g, s, e])
+        net_s = float(routes.seconds[g, s, e])
+        if not np.isfinite(util):
+            continue  # no link or accuracy too low: not a near miss, a hard rejection
+        if not np.isfinite(net_s):
+            miss = NearMiss(util / w.max_link_utilization,
+                            f"{label} with {enc.name} would load the link to {util:.0%}, "
+                            f"over spec.policy.maxLinkUtilization {w.max_link_utilization:.0%}")
+        elif load > w.max_utilization * servers + 1e-9:
+            miss = NearMiss(load / (w.max_utilization * servers),
+                            f"{label} would need more than {most} replicas "
+                            f"(at most {most} fit or are allowed by spec.replicas.max)")
+        else:
+            latency_ms = (net_s + compute_s) * 1000.0
+            miss = NearMiss(latency_ms / w.slo_latency_ms,
+                            f"{label} with {enc.name} predicts p{w.percentile:g} {latency_ms:.1f} ms with "
+                            f"{most} replicas, {latency_ms - w.slo_latency_ms:.1f} ms over the "
+                            f"{w.slo_latency_ms:g} ms SLO")
+        if best is None or miss.ratio < best.ratio:
+            best = miss
+    return best
+
+
+def _site_miss(w: Workload, s: int, t: Traffic, cands: list[Candidate], routes: RouteTable) -> str:
+    misses = [m for g, c in enumerate(cands) if (m := near_miss(w, g, s, t, c, routes))]
+    if misses:
+        return "closest: " + min(misses, key=lambda m: (m.ratio, m.text)).text
+    hard = sorted({v.reason for (g, site), vs in routes.verdicts.items() if site == s for v in vs})
+    return "; ".join(hard[:3]) if hard else "no pool passes the filters"
+
+
+def explain_infeasible(
+    w: Workload,
+    sites: tuple[Traffic, ...],
+    cands: list[Candidate],
+    routes: RouteTable,
+    table: GroupTable,
+    cheapest_over_budget: float | None,
+) -> str:
+    """One message naming what blocks the workload and the closest option."""
+    if cheapest_over_budget is not None:
+        limit = w.max_cost_per_hour or 0.0
+        return (f"the cheapest placement costs ${cheapest_over_budget:.4f}/h, "
+                f"${cheapest_over_budget - limit:.4f}/h over spec.policy.maxCostPerHour ${limit:g}/h")
+    if not cands:
+        return "no pool passes the filters for any variant (see rejected)"
+    stranded = [s for s in range(len(sites)) if not table.feasible[:, 1 << s].any()]
+    if stranded:
+        parts = [f"site {sites[s].site} has no route within the SLO ({_site_miss(w, s, sites[s], cands, routes)})"
+                 for s in stranded]
+        return "; ".join(parts)
+    return (f"every site can be served alone, but not all together within "
+            f"spec.constraints.maxPools={w.max_pools} pools with one variant per pool")
+
+
+def explain_rejections(
+    w: Workload,
+    sites: tuple[Traffic, ...],
+    cands: list[Candidate],
+    routes: RouteTable,
+    table: GroupTable,
+    chosen: tuple[GroupPlan, ...],
+    chosen_cost: float,
+) -> list[Rejection]:
+    """Why each candidate group that passed the filters is not in the placement."""
+    taken = {(p.pool, p.variant) for p in chosen}
+    all_sites = (1 << len(sites)) - 1
+    out = []
+    for g, c in enumerate(cands):
+        if (c.pool.name, c.variant.name) in taken:
+            continue
+        servable = [t.site for s, t in enumerate(sites) if table.feasible[g, 1 << s]]
+        if table.feasible[g, all_sites]:
+            cost = float(table.replicas[g, all_sites]) * c.replica_cost_per_hour
+            reason = (f"serving every site here takes {int(table.replicas[g, all_sites])} replicas at "
+                      f"${cost:.4f}/h; the placement costs ${chosen_cost:.4f}/h")
+            out.append(Rejection(c.pool.name, c.variant.name, "Objective", reason))
+        elif servable:
+            reason = (f"meets the SLO only for {', '.join(servable)}; "
+                      f"the placement serves them for less or with fewer pools")
+            out.append(Rejection(c.pool.name, c.variant.name, "Objective", reason))
+        else:
+            misses = [m for s, t in enumerate(sites) if (m := near_miss(w, g, s, t, c, routes))]
+            if misses:
+                reason = "no site meets the SLO here; closest: " + min(misses, key=lambda m: m.ratio).text
+                out.append(Rejection(c.pool.name, c.variant.name, "Latency", reason))
+            else:
+                reasons = sorted({v.reason for (gi, _), vs in routes.verdicts.items() if gi == g for v in vs})
+                out.append(Rejection(c.pool.name, c.variant.name, "Route", "; ".join(reasons[:3])))
+    return out
