@@ -54,11 +54,11 @@ def near_miss(w: Workload, g: int, s: int, t: Traffic, cand: Candidate, routes: 
     return best
 
 
-def _site_miss(w: Workload, s: int, t: Traffic, cands: list[Candidate], routes: RouteTable) -> str:
-    misses = [m for g, c in enumerate(cands) if (m := near_miss(w, g, s, t, c, routes))]
+def _site_miss(w: Workload, sites: tuple[Traffic, ...], s: int, cands: list[Candidate], routes: RouteTable) -> str:
+    misses = [m for g, c in enumerate(cands) if (m := near_miss(w, g, s, sites[s], c, routes))]
     if misses:
         return "closest: " + min(misses, key=lambda m: (m.ratio, m.text)).text
-    hard = sorted({v.reason for (g, site), vs in routes.verdicts.items() if site == s for v in vs})
+    hard = sorted({v.reason for g in range(len(cands)) for v in routes.verdicts(w, sites, cands, g, s)})
     return "; ".join(hard[:3]) if hard else "no pool passes the filters"
 
 
@@ -79,7 +79,7 @@ def explain_infeasible(
         return "no pool passes the filters for any variant (see rejected)"
     stranded = [s for s in range(len(sites)) if not table.feasible[:, 1 << s].any()]
     if stranded:
-        parts = [f"site {sites[s].site} has no route within the SLO ({_site_miss(w, s, sites[s], cands, routes)})"
+        parts = [f"site {sites[s].site} has no route within the SLO ({_site_miss(w, sites, s, cands, routes)})"
                  for s in stranded]
         return "; ".join(parts)
     return (f"every site can be served alone, but not all together within "
@@ -118,6 +118,6 @@ def explain_rejections(
                 reason = "no site meets the SLO here; closest: " + min(misses, key=lambda m: m.ratio).text
                 out.append(Rejection(c.pool.name, c.variant.name, "Latency", reason))
             else:
-                reasons = sorted({v.reason for (gi, _), vs in routes.verdicts.items() if gi == g for v in vs})
+                reasons = sorted({v.reason for s in range(len(sites)) for v in routes.verdicts(w, sites, cands, g, s)})
                 out.append(Rejection(c.pool.name, c.variant.name, "Route", "; ".join(reasons[:3])))
     return out

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from hetplace.engine.cost import replica_cost_per_hour, replicas_that_fit
+from hetplace.engine.decision import GroupPlan, RoutePlan
 from hetplace.engine.filters import Verdict, accuracy_met, link_exists, link_utilization_verdict
-from hetplace.engine.network import transfer
 from hetplace.engine.queueing import compute_latency_s, min_replicas_for_utilization
 from hetplace.engine.snapshot import Pool, Resources, Snapshot, Traffic, Variant, Workload
 
@@ -39,44 +39,54 @@ class RouteTable:
     """Network legs of every (candidate, site, encoding); inf where a route filter failed."""
 
     seconds: np.ndarray          # (G, k, E)
-    utilization: np.ndarray      # (G, k, E)
-    verdicts: dict[tuple[int, int], list[Verdict]]  # why (g, s) lost encodings
+    utilization: np.ndarray      # (G, k, E), inf where no link or accuracy too low
+    has_link: np.ndarray         # (G, k)
+    accurate: np.ndarray         # (G, E)
 
-    @property
-    def best_seconds(self) -> np.ndarray:  # (G, k)
-        return self.seconds.min(axis=2)
+    def __post_init__(self) -> None:
+        self.best_seconds = self.seconds.min(axis=2)  # (G, k)
+
+    def verdicts(self, w: Workload, sites: tuple[Traffic, ...], cands: list[Candidate], g: int, s: int) -> list[Verdict]:
+        """The route filters that failed for site s on candidate g, one per encoding at most."""
+        cand, site = cands[g], sites[s].site
+        if not self.has_link[g, s]:
+            return [link_exists(site, cand.pool)]
+        found = []
+        for e, enc in enumerate(w.encodings):
+            if not self.accurate[g, e]:
+                found.append(accuracy_met(w, cand.variant, enc))
+            elif not np.isfinite(self.seconds[g, s, e]):
+                found.append(link_utilization_verdict(site, cand.pool, enc, float(self.utilization[g, s, e]),
+                                                      w.max_link_utilization))
+        return found
 
 
 def route_table(w: Workload, snap: Snapshot, sites: tuple[Traffic, ...], cands: list[Candidate]) -> RouteTable:
-    G, k, E = len(cands), len(sites), len(w.encodings)
-    seconds = np.full((G, k, E), math.inf)
-    utilization = np.full((G, k, E), math.inf)
-    verdicts: dict[tuple[int, int], list[Verdict]] = {}
+    """u = (traffic already on the link + this route) / BW; t = RTT + b / (BW·(1−u)), vectorised."""
+    G, k = len(cands), len(sites)
+    bandwidth = np.full((G, k), np.nan)
+    rtt_s = np.zeros((G, k))
+    background = np.zeros((G, k))
     for g, cand in enumerate(cands):
         for s, t in enumerate(sites):
-            missing = link_exists(t.site, cand.pool)
-            if missing:
-                verdicts[(g, s)] = [missing]
-                continue
             link = cand.pool.link_from(t.site)
-            background = snap.link_load_bytes_per_s.get((t.site, cand.pool.name), 0.0)
-            found: list[Verdict] = []
-            for e, enc in enumerate(w.encodings):
-                weak = accuracy_met(w, cand.variant, enc)
-                if weak:
-                    found.append(weak)
-                    continue
-                leg = transfer(link, enc.request_bytes, w.response_bytes, t.requests_per_second,
-                               background, w.max_link_utilization)
-                utilization[g, s, e] = leg.link_utilization
-                if not leg.fits:
-                    found.append(link_utilization_verdict(t.site, cand.pool, enc, leg.link_utilization,
-                                                          w.max_link_utilization))
-                    continue
-                seconds[g, s, e] = leg.seconds
-            if found:
-                verdicts[(g, s)] = found
-    return RouteTable(seconds, utilization, verdicts)
+            if link is not None:
+                bandwidth[g, s] = link.bandwidth_bytes_per_s
+                rtt_s[g, s] = link.rtt_ms / 1000.0
+                background[g, s] = snap.link_load_bytes_per_s.get((t.site, cand.pool.name), 0.0)
+    has_link = ~np.isnan(bandwidth)
+    accurate = np.array([[accuracy_met(w, c.variant, e) is None for e in w.encodings] for c in cands],
+                        dtype=bool).reshape(G, len(w.encodings))
+    payload = np.array([e.request_bytes + w.response_bytes for e in w.encodings], dtype=float)   # (E,)
+    rps = np.array([t.requests_per_second for t in sites], dtype=float)                        # (k,)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        utilization = (background[:, :, None] + rps[None, :, None] * payload[None, None, :]) / bandwidth[:, :, None]
+        fits = (utilization <= w.max_link_utilization + 1e-12) & (utilization < 1.0)
+        seconds = rtt_s[:, :, None] + payload[None, None, :] / (bandwidth[:, :, None] * (1.0 - utilization))
+    usable = has_link[:, :, None] & accurate[:, None, :]
+    utilization = np.where(usable, utilization, math.inf)
+    seconds = np.where(usable & fits, seconds, math.inf)
+    return RouteTable(seconds, utilization, has_link, accurate)
 
 
 @dataclass
@@ -91,9 +101,8 @@ class GroupTable:
     rank_sum: np.ndarray     # (G, n)
     worst_s: np.ndarray      # (G, n)
 
-    @property
-    def feasible(self) -> np.ndarray:
-        return self.cost_nano < INFEASIBLE_COST
+    def __post_init__(self) -> None:
+        self.feasible = self.cost_nano < INFEASIBLE_COST
 
 
 def subset_members(k: int) -> np.ndarray:
@@ -199,3 +208,21 @@ def candidates(w: Workload, snap: Snapshot, passed: list[tuple[Pool, Variant]]) 
         )
         for pool, v in passed
     ]
+
+
+def group_plan(w: Workload, sites: tuple[Traffic, ...], cand: Candidate, g: int, routes: RouteTable,
+               members: tuple[int, ...], encodings: tuple[int, ...], replicas: int, compute_s: float) -> GroupPlan:
+    """The plan of candidate g serving `members` with the given encodings, replicas and compute time."""
+    plans = tuple(
+        RoutePlan(
+            site=sites[s].site,
+            encoding=w.encodings[e].name,
+            requests_per_second=sites[s].requests_per_second,
+            predicted_latency_ms=(float(routes.seconds[g, s, e]) + compute_s) * 1000.0,
+            network_ms=float(routes.seconds[g, s, e]) * 1000.0,
+            compute_ms=compute_s * 1000.0,
+            link_utilization=float(routes.utilization[g, s, e]),
+        )
+        for s, e in zip(members, encodings)
+    )
+    return GroupPlan(cand.pool.name, cand.variant.name, replicas, replicas * cand.replica_cost_per_hour, plans)

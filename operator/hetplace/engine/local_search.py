@@ -10,8 +10,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hetplace.engine.decision import Decision, GroupPlan, Rejection, RoutePlan
-from hetplace.engine.groups import NANO, Candidate, RouteTable, route_table
+from hetplace.engine.decision import Decision, Rejection
+from hetplace.engine.groups import NANO, Candidate, RouteTable, group_plan, route_table
 from hetplace.engine.queueing import compute_latency_s, min_replicas_for_utilization
 from hetplace.engine.snapshot import Snapshot, Traffic, Workload
 
@@ -88,15 +88,10 @@ def solve_many_sites(w: Workload, snap: Snapshot, sites: tuple[Traffic, ...], ca
         assign.setdefault(best[1], []).append(s)
         assign[best[1]].sort()
     fits = {h: fit_group(w, sites, tuple(m), h, cands[h], routes) for h, m in assign.items()}
-    plans = []
-    for g, members in sorted(assign.items(), key=lambda kv: pool_of[kv[0]]):
-        f = fits[g]
-        plans.append(GroupPlan(pool_of[g], cands[g].variant.name, f.replicas, f.replicas * cands[g].replica_cost_per_hour,
-                               tuple(RoutePlan(sites[s].site, w.encodings[e].name, sites[s].requests_per_second,
-                                               (routes.seconds[g, s, e] + f.compute_s) * 1000.0,
-                                               routes.seconds[g, s, e] * 1000.0, f.compute_s * 1000.0,
-                                               float(routes.utilization[g, s, e]))
-                                     for s, e in zip(members, f.encodings))))
+    plans = [
+        group_plan(w, sites, cands[g], g, routes, tuple(members), fits[g].encodings, fits[g].replicas, fits[g].compute_s)
+        for g, members in sorted(assign.items(), key=lambda kv: pool_of[kv[0]])
+    ]
     cost = _total(fits)[0] / NANO
     if w.max_cost_per_hour is not None and cost > w.max_cost_per_hour + 1e-9:
         return Decision(w.key, False, w.objective, 0.0, (), tuple(rejected),

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hetplace.engine.decision import Decision, GroupPlan, Rejection, RoutePlan
+from hetplace.engine.decision import Decision, GroupPlan, Rejection
 from hetplace.engine.diagnose import explain_infeasible, explain_rejections
 from hetplace.engine.filters import first_group_rejection
 from hetplace.engine.groups import (
@@ -24,6 +24,7 @@ from hetplace.engine.groups import (
     GroupTable,
     RouteTable,
     candidates,
+    group_plan,
     group_table,
     route_table,
 )
@@ -96,12 +97,13 @@ def _relaxed_bounds(options: list[list[Option]], k: int, groups: int) -> list[li
             opts = options[sub | low]
             if not opts:
                 continue
-            head = opts[0].key
+            c0, r0, l0 = opts[0].key
             prev = bound[S ^ (sub | low)]
             for j in range(1, groups + 1):
-                if prev[j - 1][0] >= INFEASIBLE_COST:
+                p0, p1, p2 = prev[j - 1]
+                if p0 >= INFEASIBLE_COST:
                     continue
-                cand = _plus(head, prev[j - 1])
+                cand = (c0 + p0, r0 + p1, l0 if l0 > p2 else p2)
                 if cand < row[j]:
                     row[j] = cand
     return bound
@@ -168,24 +170,10 @@ def _min_latency(table: GroupTable, cands: list[Candidate], k: int, groups: int,
 
 def _group_plan(w: Workload, sites: tuple[Traffic, ...], cand: Candidate, g: int, T: int,
                 table: GroupTable, routes: RouteTable) -> GroupPlan:
-    compute_s = float(table.compute_s[g, T])
-    plans = []
-    for s, t in enumerate(sites):
-        if not table.members[T, s]:
-            continue
-        e = int(table.encoding[g, T, s])
-        net_s = float(routes.seconds[g, s, e])
-        plans.append(RoutePlan(
-            site=t.site,
-            encoding=w.encodings[e].name,
-            requests_per_second=t.requests_per_second,
-            predicted_latency_ms=(net_s + compute_s) * 1000.0,
-            network_ms=net_s * 1000.0,
-            compute_ms=compute_s * 1000.0,
-            link_utilization=float(routes.utilization[g, s, e]),
-        ))
-    replicas = int(table.replicas[g, T])
-    return GroupPlan(cand.pool.name, cand.variant.name, replicas, replicas * cand.replica_cost_per_hour, tuple(plans))
+    members = tuple(s for s in range(len(sites)) if table.members[T, s])
+    encodings = tuple(int(table.encoding[g, T, s]) for s in members)
+    return group_plan(w, sites, cand, g, routes, members, encodings, int(table.replicas[g, T]),
+                      float(table.compute_s[g, T]))
 
 
 def solve(w: Workload, snap: Snapshot) -> Decision:

@@ -1,0 +1,66 @@
+"""Turn validated API specs into the engine's immutable inputs (quantities parsed, costs priced)."""
+
+from __future__ import annotations
+
+from hetplace.api.pool import ComputePoolSpec
+from hetplace.api.workload import InferenceWorkloadSpec
+from hetplace.engine.cost import tco_cost_per_hour
+from hetplace.engine.snapshot import Encoding, LinkState, Pool, Resources, Traffic, Variant, Workload
+
+
+def node_cost_per_hour(spec: ComputePoolSpec) -> float:
+    """The declared price of one node-hour: the hourly price, or the TCO turned into one."""
+    if spec.cost.hourly is not None:
+        return spec.cost.hourly
+    t = spec.cost.tco
+    return tco_cost_per_hour(t.capex, t.amortization_years, t.power_watts, t.pue, t.electricity_per_kwh,
+                             t.opex_per_hour)
+
+
+def pool_from_spec(name: str, spec: ComputePoolSpec, down: bool = False) -> Pool:
+    return Pool(
+        name=name,
+        hardware=spec.hardware,
+        region=spec.region,
+        site=spec.site,
+        node=Resources(spec.nodes.cpu_cores, spec.nodes.memory_bytes, spec.nodes.accelerators),
+        node_count=spec.nodes.count,
+        node_cost_per_hour=node_cost_per_hour(spec),
+        links={link.site: LinkState(link.bandwidth_kbps, link.rtt_ms) for link in spec.links},
+        allowed_namespaces=tuple(spec.allowed_namespaces),
+        down=down,
+    )
+
+
+def workload_from_spec(namespace: str, name: str, spec: InferenceWorkloadSpec) -> Workload:
+    return Workload(
+        namespace=namespace,
+        name=name,
+        response_bytes=spec.response_bytes,
+        encodings=tuple(Encoding(e.name, e.request_bytes, e.accuracy_delta) for e in spec.encodings),
+        variants=tuple(
+            Variant(
+                name=v.name,
+                hardware=v.hardware,
+                accuracy=v.accuracy,
+                latency_ms=v.profile.latency_ms,
+                tail_latency_ms=v.profile.tail_latency_ms or v.profile.latency_ms,
+                concurrency=v.profile.concurrency,
+                resources=Resources(v.resources.cpu_cores, v.resources.memory_bytes, v.resources.accelerators),
+            )
+            for v in spec.variants
+        ),
+        slo_latency_ms=spec.slo.latency_ms,
+        percentile=spec.slo.percentile,
+        min_accuracy=spec.slo.min_accuracy,
+        traffic=tuple(Traffic(t.site, t.requests_per_second) for t in spec.traffic),
+        regions=tuple(spec.constraints.regions),
+        pools=tuple(spec.constraints.pools),
+        max_pools=spec.constraints.max_pools,
+        replicas_min=spec.replicas.min,
+        replicas_max=spec.replicas.max,
+        objective=spec.policy.objective,
+        max_cost_per_hour=spec.policy.max_cost_per_hour,
+        max_utilization=spec.policy.max_utilization,
+        max_link_utilization=spec.policy.max_link_utilization,
+    )
