@@ -1,9 +1,101 @@
 """The `hetplace` command line: explain, crds (and later run, simulate, render)."""
 
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Callable
+
 import click
+import yaml
+from rich.console import Console
+from rich.text import Text
+
+from hetplace.api.errors import InvalidObject
+
+EXIT_INFEASIBLE = 3
+EXIT_INVALID = 2
+
+
+def user_errors(command: Callable) -> Callable:
+    """Turn refused input into exit 2 with the message, and never show a traceback by default."""
+
+    @functools.wraps(command)
+    def run(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except InvalidObject as refused:
+            click.echo(f"error: {refused}", err=True)
+            sys.exit(EXIT_INVALID)
+        except (click.exceptions.Exit, click.ClickException, SystemExit):
+            raise
+        except Exception as bug:  # a bug, not the user's fault: say so briefly
+            if os.environ.get("HETPLACE_DEBUG"):
+                raise
+            click.echo(f"internal error: {type(bug).__name__}: {bug} (set HETPLACE_DEBUG=1 for the traceback)",
+                       err=True)
+            sys.exit(1)
+
+    return run
 
 
 @click.group()
 @click.version_option(package_name="hetplace")
 def main() -> None:
     """hetplace places Triton-served models on GPU, CPU and Arm pools by SLO, bandwidth and cost."""
+
+
+@main.command()
+@click.option("-f", "--filename", "workload_file", required=True,
+              type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="InferenceWorkload manifest(s); pools in it are used when --pools is not given.")
+@click.option("--pools", "pools_path", type=click.Path(exists=True, path_type=Path),
+              help="ComputePool manifests: a file or a directory of *.yaml.")
+@click.option("--telemetry", "telemetry_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Observed links and traffic that override the declared ones.")
+@click.option("--compare", is_flag=True,
+              help="With --telemetry: also decide on the declared values and say what moved and why.")
+@click.option("-o", "--output", type=click.Choice(["table", "json", "yaml"]), default="table", show_default=True)
+@user_errors
+def explain(workload_file: Path, pools_path: Path | None, telemetry_path: Path | None, compare: bool,
+            output: str) -> None:
+    """Decide where a workload runs, without a cluster, and say why.
+
+    Exit status: 0 placed, 3 infeasible (the closest option is named), 2 invalid input.
+    """
+    from hetplace import explain as ex
+    from hetplace.engine.from_api import workload_from_spec
+
+    if compare and telemetry_path is None:
+        raise click.UsageError("--compare needs --telemetry (the conditions to compare with)")
+    objects, declared_pools = ex.read_inputs(workload_file, pools_path)
+    declared = [workload_from_spec(o.metadata.namespace or "default", o.metadata.name, o.spec) for o in objects]
+    pools, workloads = ex.observe(declared_pools, declared, telemetry_path)
+    cases = ex.decide(workloads, pools)
+    before = ex.decide(declared, declared_pools) if compare else None
+
+    if output == "table":
+        console = Console(width=None if sys.stdout.isatty() else 160)
+        if before is not None:
+            ex.print_cases(console, before, title="declared links and traffic")
+            ex.print_cases(console, cases, title=f"observed ({telemetry_path})")
+            for old, new in zip(before, cases):
+                for line in ex.what_moved(old, new, pools):
+                    console.print(Text.assemble((new.decision.workload, "bold"), ": ", line))
+        else:
+            ex.print_cases(console, cases)
+    else:
+        docs = [ex.decision_json(c.decision) for c in cases]
+        payload = docs[0] if len(docs) == 1 else docs
+        if output == "json":
+            click.echo(json.dumps(payload, indent=2))
+        else:
+            click.echo(yaml.safe_dump(payload, sort_keys=False), nl=False)
+    infeasible = [c.decision for c in cases if not c.decision.feasible]
+    for d in infeasible:
+        click.echo(f"infeasible: {d.workload}: {d.reason}", err=True)
+    if infeasible:
+        sys.exit(EXIT_INFEASIBLE)

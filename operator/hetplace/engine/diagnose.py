@@ -94,23 +94,20 @@ def explain_rejections(
     table: GroupTable,
     chosen: tuple[GroupPlan, ...],
     chosen_cost: float,
+    cheapest_with: np.ndarray,
 ) -> list[Rejection]:
     """Why each candidate group that passed the filters is not in the placement."""
     taken = {(p.pool, p.variant) for p in chosen}
-    all_sites = (1 << len(sites)) - 1
     out = []
     for g, c in enumerate(cands):
         if (c.pool.name, c.variant.name) in taken:
             continue
-        servable = [t.site for s, t in enumerate(sites) if table.feasible[g, 1 << s]]
-        if table.feasible[g, all_sites]:
-            cost = float(table.replicas[g, all_sites]) * c.replica_cost_per_hour
-            reason = (f"serving every site here takes {int(table.replicas[g, all_sites])} replicas at "
-                      f"${cost:.4f}/h; the placement costs ${chosen_cost:.4f}/h")
-            out.append(Rejection(c.pool.name, c.variant.name, "Objective", reason))
-        elif servable:
-            reason = (f"meets the SLO only for {', '.join(servable)}; "
-                      f"the placement serves them for less or with fewer pools")
+        if table.feasible[g].any():
+            servable = [t.site for s, t in enumerate(sites) if table.feasible[g, 1 << s]]
+            scope = "every site" if len(servable) == len(sites) else "only " + ", ".join(servable)
+            extra = float(cheapest_with[g]) - chosen_cost
+            reason = (f"meets the SLO for {scope}; a placement using it costs at least "
+                      f"${float(cheapest_with[g]):.4f}/h (+${extra:.4f}/h)")
             out.append(Rejection(c.pool.name, c.variant.name, "Objective", reason))
         else:
             misses = [m for s, t in enumerate(sites) if (m := near_miss(w, g, s, t, c, routes))]

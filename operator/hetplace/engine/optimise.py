@@ -149,8 +149,16 @@ def _search(table: GroupTable, cands: list[Candidate], k: int, groups: int, allo
     options = _options_per_subset(table, cands, keep=min(groups, k), allowed=allowed)
     bound = _relaxed_bounds(options, k, groups)
     if bound[(1 << k) - 1][groups][0] >= INFEASIBLE_COST:
-        return None
-    return _branch_and_bound(options, bound, k, groups)
+        return None, bound
+    return _branch_and_bound(options, bound, k, groups), bound
+
+
+def _cheapest_with_each(table: GroupTable, bound: list[list[Key]], groups: int) -> np.ndarray:
+    """Per candidate: a lower bound on the cost of any placement that uses it, in nano-$/h."""
+    n = table.cost_nano.shape[1]
+    rest = np.array([min(bound[(n - 1) ^ T][groups - 1][0], INFEASIBLE_COST) for T in range(n)], dtype=np.int64)
+    total = np.where(table.feasible, table.cost_nano + rest[None, :], INFEASIBLE_COST)
+    return total.min(axis=1)
 
 
 def _min_latency(table: GroupTable, cands: list[Candidate], k: int, groups: int, budget_nano: int | None):
@@ -160,7 +168,7 @@ def _min_latency(table: GroupTable, cands: list[Candidate], k: int, groups: int,
     lo, hi = 0, len(levels) - 1
     while lo <= hi:
         mid = (lo + hi) // 2
-        found = _search(table, cands, k, groups, table.feasible & (table.worst_s <= levels[mid]))
+        found, _ = _search(table, cands, k, groups, table.feasible & (table.worst_s <= levels[mid]))
         if found is not None and (budget_nano is None or found[0][0] <= budget_nano):
             best, hi = found, mid - 1
         else:
@@ -202,10 +210,9 @@ def solve(w: Workload, snap: Snapshot) -> Decision:
     table = group_table(w, sites, cands, routes)
     groups = max(1, min(w.max_pools, k))
     budget_nano = None if w.max_cost_per_hour is None else int(round(w.max_cost_per_hour * NANO))
-    if w.objective == "MinLatency":
-        found = _min_latency(table, cands, k, groups, budget_nano) if table.feasible.any() else None
-    else:
-        found = _search(table, cands, k, groups, table.feasible) if table.feasible.any() else None
+    found, bound = _search(table, cands, k, groups, table.feasible) if table.feasible.any() else (None, None)
+    if w.objective == "MinLatency" and found is not None:
+        found = _min_latency(table, cands, k, groups, budget_nano)
     over_budget = found is not None and budget_nano is not None and found[0][0] > budget_nano
     if found is None or over_budget:
         reason = explain_infeasible(w, sites, cands, routes, table, found[0][0] / NANO if over_budget else None)
@@ -215,7 +222,8 @@ def solve(w: Workload, snap: Snapshot) -> Decision:
         key=lambda p: (p.pool, p.variant),
     ))
     cost = found[0][0] / NANO
-    rejected += explain_rejections(w, sites, cands, routes, table, plans, cost)
+    rejected += explain_rejections(w, sites, cands, routes, table, plans, cost,
+                                   _cheapest_with_each(table, bound, groups) / NANO)
     why = f"{w.objective}: {len(plans)} group(s), ${cost:.4f}/h, worst p{w.percentile:g} " \
           f"{max(p.worst_latency_ms for p in plans):.1f} ms <= SLO {w.slo_latency_ms:g} ms"
     return Decision(w.key, True, w.objective, cost, plans, tuple(sorted(rejected, key=lambda r: (r.pool, r.variant))), why)

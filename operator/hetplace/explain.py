@@ -1,0 +1,152 @@
+"""`hetplace explain`: a decision from manifest files, without a cluster, and its presentation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console, Group
+from rich.table import Table
+from rich.text import Text
+
+from hetplace.api.errors import InvalidObject, Problem
+from hetplace.api.load import load_manifests, load_telemetry
+from hetplace.api.models import InferenceWorkload
+from hetplace.api.telemetry import TelemetryFile
+from hetplace.engine import Decision, Snapshot, assignment_of, describe_moves, evaluate, solve
+from hetplace.engine.from_api import pool_from_spec, workload_from_spec
+from hetplace.engine.observed import LinkObservation, TrafficObservation, with_links, with_traffic
+from hetplace.engine.snapshot import Pool, Workload
+
+
+@dataclass(frozen=True)
+class Case:
+    """One workload decided on one set of pools, with the SLO it was decided against."""
+
+    workload: Workload
+    decision: Decision
+
+
+def read_inputs(workload_file: Path, pools_path: Path | None) -> tuple[list[InferenceWorkload], tuple[Pool, ...]]:
+    """Workloads from `workload_file`; pools from `pools_path` (or from the workload file)."""
+    own = load_manifests([workload_file])
+    if not own.workloads:
+        raise InvalidObject([Problem(None, None, "holds no InferenceWorkload")], source=str(workload_file))
+    pool_objects = load_manifests([pools_path]).pools if pools_path else own.pools
+    if not pool_objects:
+        where = str(pools_path or workload_file)
+        raise InvalidObject([Problem(None, None, "holds no ComputePool (give pools with --pools FILE_OR_DIR)")],
+                            source=where)
+    pools = tuple(pool_from_spec(p.metadata.name, p.spec) for p in pool_objects)
+    return own.workloads, pools
+
+
+def _check_telemetry(telemetry: TelemetryFile, source: str, pools: tuple[Pool, ...],
+                     workloads: list[Workload]) -> None:
+    known_pools = {p.name for p in pools}
+    known_workloads = {w.key for w in workloads}
+    problems = [
+        Problem(f"links[{i}].pool", o.pool, f"no such ComputePool (known: {', '.join(sorted(known_pools))})")
+        for i, o in enumerate(telemetry.links) if o.pool not in known_pools
+    ] + [
+        Problem(f"traffic[{i}].workload", o.workload,
+                f"no such InferenceWorkload (known: {', '.join(sorted(known_workloads))})")
+        for i, o in enumerate(telemetry.traffic) if o.workload_key not in known_workloads
+    ]
+    if problems:
+        raise InvalidObject(problems, source=source, kind="telemetry")
+
+
+def observe(pools: tuple[Pool, ...], workloads: list[Workload], telemetry_path: Path | None):
+    """Lay a telemetry file over the declared pools and workloads."""
+    if telemetry_path is None:
+        return pools, workloads
+    telemetry = load_telemetry(telemetry_path)
+    _check_telemetry(telemetry, str(telemetry_path), pools, workloads)
+    links = [LinkObservation(o.site, o.pool, o.bandwidth_kbps, o.rtt_ms) for o in telemetry.links]
+    traffic = [TrafficObservation(o.workload_key, o.site, o.requests_per_second) for o in telemetry.traffic]
+    return with_links(pools, links), [with_traffic(w, traffic) for w in workloads]
+
+
+def decide(workloads: list[Workload], pools: tuple[Pool, ...]) -> list[Case]:
+    snapshot = Snapshot(pools)
+    return [Case(w, solve(w, snapshot)) for w in workloads]
+
+
+def what_moved(before: Case, after: Case, pools_after: tuple[Pool, ...]) -> list[str]:
+    """Sentences on what moved between the declared and the observed conditions, and why."""
+    old_now = evaluate(after.workload, Snapshot(pools_after), assignment_of(before.decision)) \
+        if before.decision.feasible else None
+    return describe_moves(before.decision, after.decision, old_now)
+
+
+# --- presentation -------------------------------------------------------------------------------
+
+def decision_json(d: Decision) -> dict[str, Any]:
+    """The JSON of DESIGN §5: exactly these keys."""
+    return {
+        "workload": d.workload,
+        "feasible": d.feasible,
+        "costPerHour": round(d.cost_per_hour, 6),
+        "placements": [
+            {
+                "pool": g.pool,
+                "variant": g.variant,
+                "replicas": g.replicas,
+                "costPerHour": round(g.cost_per_hour, 6),
+                "routes": [
+                    {
+                        "site": r.site,
+                        "encoding": r.encoding,
+                        "requestsPerSecond": r.requests_per_second,
+                        "predictedLatencyMs": round(r.predicted_latency_ms, 3),
+                    }
+                    for r in g.routes
+                ],
+            }
+            for g in d.groups
+        ],
+        "rejected": [{"pool": r.pool, "variant": r.variant, "reason": r.reason} for r in d.rejected],
+    }
+
+
+def decision_table(case: Case, title: str | None = None) -> Group:
+    d, w = case.decision, case.workload
+    if d.feasible:
+        head = Text.assemble(
+            (f"{d.workload}", "bold"), "  ",
+            ("placed", "green"), f"  ${d.cost_per_hour:.4f}/h  ",
+            f"worst p{w.percentile:g} {d.worst_latency_ms:.1f} ms (SLO {w.slo_latency_ms:g} ms)  {d.objective}",
+        )
+    else:
+        head = Text.assemble((f"{d.workload}", "bold"), "  ", ("infeasible", "red"), "  ", d.reason)
+    routes = Table(title=title, show_lines=False, expand=False)
+    for column in ("pool", "variant", "replicas", "$/h", "site", "encoding", "req/s", "p-latency ms",
+                   "network ms", "compute ms", "link use"):
+        routes.add_column(column, justify="right" if column not in ("pool", "variant", "site", "encoding") else "left")
+    for g in d.groups:
+        for i, r in enumerate(g.routes):
+            routes.add_row(
+                g.pool if i == 0 else "", g.variant if i == 0 else "",
+                str(g.replicas) if i == 0 else "", f"{g.cost_per_hour:.4f}" if i == 0 else "",
+                r.site, r.encoding, f"{r.requests_per_second:g}", f"{r.predicted_latency_ms:.1f}",
+                f"{r.network_ms:.1f}", f"{r.compute_ms:.1f}", f"{r.link_utilization:.0%}",
+            )
+    rejected = Table(title="not chosen", show_header=True, expand=False)
+    for column in ("pool", "variant", "filter", "reason"):
+        rejected.add_column(column, overflow="fold")
+    for r in d.rejected:
+        rejected.add_row(r.pool, r.variant or "-", r.filter, Text(r.reason))
+    parts: list[Any] = [head]
+    if d.groups:
+        parts.append(routes)
+    if d.rejected:
+        parts.append(rejected)
+    return Group(*parts)
+
+
+def print_cases(console: Console, cases: list[Case], title: str | None = None) -> None:
+    for case in cases:
+        console.print(decision_table(case, title))
+        console.print()
