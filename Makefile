@@ -12,8 +12,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
+# The factory example, nominal and with the factory uplink at 250 KB/s, and what moved.
 demo: $(STAMP)
-	$(BIN)/python manifests/examples/factory/demo.py
+	$(BIN)/hetplace explain -f manifests/examples/factory/workload.yaml \
+	  --pools manifests/examples/factory/pools \
+	  --telemetry manifests/examples/factory/telemetry-250kbps.yaml --compare
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -n 2 -q

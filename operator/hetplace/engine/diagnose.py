@@ -69,6 +69,7 @@ def explain_infeasible(
     routes: RouteTable,
     table: GroupTable,
     cheapest_over_budget: float | None,
+    pools_needed: int | None,
 ) -> str:
     """One message naming what blocks the workload and the closest option."""
     if cheapest_over_budget is not None:
@@ -82,8 +83,11 @@ def explain_infeasible(
         parts = [f"site {sites[s].site} has no route within the SLO ({_site_miss(w, sites, s, cands, routes)})"
                  for s in stranded]
         return "; ".join(parts)
-    return (f"every site can be served alone, but not all together within "
-            f"spec.constraints.maxPools={w.max_pools} pools with one variant per pool")
+    if pools_needed is not None and pools_needed > w.max_pools:
+        return (f"every site can be served, but together they need at least {pools_needed} pools "
+                f"and spec.constraints.maxPools is {w.max_pools}")
+    return ("every site can be served alone, but no combination fits one variant per pool "
+            f"within spec.constraints.maxPools={w.max_pools}")
 
 
 def explain_rejections(

@@ -161,6 +161,15 @@ def _cheapest_with_each(table: GroupTable, bound: list[list[Key]], groups: int) 
     return total.min(axis=1)
 
 
+def _pools_needed(table: GroupTable, cands: list[Candidate], k: int) -> int | None:
+    """The fewest groups that could serve every site (a lower bound), None if no number can."""
+    if not table.feasible.any():
+        return None
+    options = _options_per_subset(table, cands, keep=k, allowed=table.feasible)
+    bound = _relaxed_bounds(options, k, k)[(1 << k) - 1]
+    return next((j for j in range(1, k + 1) if bound[j][0] < INFEASIBLE_COST), None)
+
+
 def _min_latency(table: GroupTable, cands: list[Candidate], k: int, groups: int, budget_nano: int | None):
     """Smallest worst-route latency (then least cost) whose cost stays within the budget."""
     levels = np.unique(table.worst_s[table.feasible])
@@ -215,7 +224,8 @@ def solve(w: Workload, snap: Snapshot) -> Decision:
         found = _min_latency(table, cands, k, groups, budget_nano)
     over_budget = found is not None and budget_nano is not None and found[0][0] > budget_nano
     if found is None or over_budget:
-        reason = explain_infeasible(w, sites, cands, routes, table, found[0][0] / NANO if over_budget else None)
+        reason = explain_infeasible(w, sites, cands, routes, table, found[0][0] / NANO if over_budget else None,
+                                    _pools_needed(table, cands, k))
         return Decision(w.key, False, w.objective, 0.0, (), tuple(rejected), reason)
     plans = tuple(sorted(
         (_group_plan(w, sites, cands[opt.group], opt.group, T, table, routes) for T, opt in found[1]),
