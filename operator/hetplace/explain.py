@@ -55,7 +55,7 @@ def _check_telemetry(telemetry: TelemetryFile, source: str, pools: tuple[Pool, .
         for i, o in enumerate(telemetry.traffic) if o.workload_key not in known_workloads
     ]
     if problems:
-        raise InvalidObject(problems, source=source, kind="telemetry")
+        raise InvalidObject(problems, source=source)
 
 
 def observe(pools: tuple[Pool, ...], workloads: list[Workload], telemetry_path: Path | None):
@@ -144,6 +144,30 @@ def decision_table(case: Case, title: str | None = None) -> Group:
     if d.rejected:
         parts.append(rejected)
     return Group(*parts)
+
+
+def _route_cells(d: Decision) -> dict[str, str]:
+    return {r.site: f"{g.pool}/{g.variant} x{g.replicas}, {r.encoding}, {r.predicted_latency_ms:.1f} ms"
+            for g in d.groups for r in g.routes}
+
+
+def comparison_table(before: Case, after: Case, before_title: str, after_title: str) -> Table:
+    """Each site's route under two conditions, side by side, and the cost of each."""
+    table = Table(title=f"{after.decision.workload}: where each site's requests go")
+    table.add_column("site")
+    table.add_column(before_title)
+    table.add_column(after_title)
+    old, new = _route_cells(before.decision), _route_cells(after.decision)
+    for site in sorted(set(old) | set(new)):
+        moved = old.get(site) is not None and new.get(site) is not None and \
+            old[site].split(",")[:2] != new[site].split(",")[:2]
+        table.add_row(site, old.get(site, "-"), Text(new.get(site, "-"), style="bold yellow" if moved else ""))
+    table.add_row("$/h", _cost_cell(before.decision), _cost_cell(after.decision))
+    return table
+
+
+def _cost_cell(d: Decision) -> str:
+    return f"${d.cost_per_hour:.4f}/h" if d.feasible else "infeasible"
 
 
 def print_cases(console: Console, cases: list[Case], title: str | None = None) -> None:
