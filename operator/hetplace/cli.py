@@ -83,6 +83,7 @@ def explain(workload_file: Path, pools_path: Path | None, telemetry_path: Path |
             ex.print_cases(console, before, title="declared links and traffic")
             ex.print_cases(console, cases, title=f"observed ({telemetry_path})")
             for old, new in zip(before, cases):
+                console.print(ex.comparison_table(old, new, "declared", f"observed ({telemetry_path.name})"))
                 for line in ex.what_moved(old, new, pools):
                     console.print(Text.assemble((new.decision.workload, "bold"), ": ", line))
         else:
@@ -99,3 +100,20 @@ def explain(workload_file: Path, pools_path: Path | None, telemetry_path: Path |
         click.echo(f"infeasible: {d.workload}: {d.reason}", err=True)
     if infeasible:
         sys.exit(EXIT_INFEASIBLE)
+
+
+@main.command("crds")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Write one file per CRD into DIR instead of printing them all.")
+def crds(out_dir: Path | None) -> None:
+    """Print (or write) the CustomResourceDefinitions generated from the API models."""
+    from hetplace.api.crdgen import render_crds
+
+    rendered = render_crds()
+    if out_dir is None:
+        click.echo("---\n".join(rendered.values()), nl=False)
+        return
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for filename, text in rendered.items():
+        (out_dir / filename).write_text(text, encoding="utf-8")
+        click.echo(f"wrote {out_dir / filename}")

@@ -20,15 +20,24 @@ class NearMiss:
     text: str
 
 
-def near_miss(w: Workload, g: int, s: int, t: Traffic, cand: Candidate, routes: RouteTable) -> NearMiss | None:
+def best_case_compute_s(w: Workload, sites: tuple[Traffic, ...], cands: list[Candidate]) -> np.ndarray:
+    """(G, k): compute latency of each site alone on each candidate with every replica allowed."""
+    most = np.array([max(1, min(c.replicas_that_fit, w.replicas_max)) for c in cands], dtype=float)[:, None]
+    concurrency = np.array([c.variant.concurrency for c in cands], dtype=float)[:, None]
+    latency = np.array([c.variant.latency_ms for c in cands])[:, None]
+    tail = np.array([c.variant.tail_latency_ms for c in cands])[:, None]
+    rps = np.array([t.requests_per_second for t in sites])[None, :]
+    return compute_latency_s(most, concurrency, np.broadcast_to(rps, (len(cands), len(sites))), latency, tail,
+                             w.percentile)
+
+
+def near_miss(w: Workload, g: int, s: int, t: Traffic, cand: Candidate, routes: RouteTable,
+              compute_s: float) -> NearMiss | None:
     """Best case for site s on candidate g alone: every replica the pool and spec allow."""
     label = f"{t.site} -> {cand.pool.name}/{cand.variant.name}"
     most = max(1, min(cand.replicas_that_fit, w.replicas_max))
     load = t.requests_per_second * cand.variant.latency_ms / 1000.0
     servers = most * cand.variant.concurrency
-    compute_s = float(compute_latency_s(
-        np.array([most]), cand.variant.concurrency, np.array([t.requests_per_second]),
-        cand.variant.latency_ms, cand.variant.tail_latency_ms, w.percentile)[0])
     best: NearMiss | None = None
     for e, enc in enumerate(w.encodings):
         util = float(routes.utilization[g, s, e])
@@ -55,7 +64,8 @@ def near_miss(w: Workload, g: int, s: int, t: Traffic, cand: Candidate, routes: 
 
 
 def _site_miss(w: Workload, sites: tuple[Traffic, ...], s: int, cands: list[Candidate], routes: RouteTable) -> str:
-    misses = [m for g, c in enumerate(cands) if (m := near_miss(w, g, s, sites[s], c, routes))]
+    best_compute = best_case_compute_s(w, sites, cands)
+    misses = [m for g, c in enumerate(cands) if (m := near_miss(w, g, s, sites[s], c, routes, best_compute[g, s]))]
     if misses:
         return "closest: " + min(misses, key=lambda m: (m.ratio, m.text)).text
     hard = sorted({v.reason for g in range(len(cands)) for v in routes.verdicts(w, sites, cands, g, s)})
@@ -102,6 +112,7 @@ def explain_rejections(
 ) -> list[Rejection]:
     """Why each candidate group that passed the filters is not in the placement."""
     taken = {(p.pool, p.variant) for p in chosen}
+    best_compute = best_case_compute_s(w, sites, cands)
     out = []
     for g, c in enumerate(cands):
         if (c.pool.name, c.variant.name) in taken:
@@ -109,12 +120,14 @@ def explain_rejections(
         if table.feasible[g].any():
             servable = [t.site for s, t in enumerate(sites) if table.feasible[g, 1 << s]]
             scope = "every site" if len(servable) == len(sites) else "only " + ", ".join(servable)
-            extra = float(cheapest_with[g]) - chosen_cost
+            with_it = float(cheapest_with[g])
             reason = (f"meets the SLO for {scope}; a placement using it costs at least "
-                      f"${float(cheapest_with[g]):.4f}/h (+${extra:.4f}/h)")
+                      f"${with_it:.4f}/h (+${with_it - chosen_cost:.4f}/h)" if np.isfinite(with_it) else
+                      f"meets the SLO for {scope}, but the other sites cannot then be served within "
+                      f"spec.constraints.maxPools={w.max_pools}")
             out.append(Rejection(c.pool.name, c.variant.name, "Objective", reason))
         else:
-            misses = [m for s, t in enumerate(sites) if (m := near_miss(w, g, s, t, c, routes))]
+            misses = [m for s, t in enumerate(sites) if (m := near_miss(w, g, s, t, c, routes, best_compute[g, s]))]
             if misses:
                 reason = "no site meets the SLO here; closest: " + min(misses, key=lambda m: m.ratio).text
                 out.append(Rejection(c.pool.name, c.variant.name, "Latency", reason))

@@ -97,9 +97,10 @@ class GroupTable:
     replicas: np.ndarray     # (G, n) int
     cost_nano: np.ndarray    # (G, n) int64, INFEASIBLE_COST where infeasible
     compute_s: np.ndarray    # (G, n)
-    encoding: np.ndarray     # (G, n, k) chosen encoding index per site
-    rank_sum: np.ndarray     # (G, n)
-    worst_s: np.ndarray      # (G, n)
+    encoding: np.ndarray     # (G, n, k) chosen encoding index per site, where scored
+    rank_sum: np.ndarray     # (G, n), where scored
+    worst_s: np.ndarray      # (G, n), inf where not scored
+    scored: np.ndarray       # (G, n) bool: feasible entries whose tie-break keys were computed
 
     def __post_init__(self) -> None:
         self.feasible = self.cost_nano < INFEASIBLE_COST
@@ -137,9 +138,32 @@ def compute_table(
     return replicas, seconds
 
 
+def pool_starts(cands: list[Candidate]) -> np.ndarray:
+    """Index of each pool's first candidate (candidates come grouped by pool)."""
+    return np.array([g for g in range(len(cands)) if g == 0 or cands[g].pool.name != cands[g - 1].pool.name],
+                    dtype=np.int64)
+
+
+def contenders(cost_nano: np.ndarray, feasible: np.ndarray, starts: np.ndarray, keep: int) -> np.ndarray:
+    """(G, n) mask: per subset, each pool's cheapest variants among the `keep` cheapest pools (ties kept).
+
+    The exact search only ever looks at a subset's best `keep` pools, and cost orders first, so
+    the tie-break keys are needed for these entries alone.
+    """
+    if len(starts) == 0:
+        return feasible
+    per_pool = np.minimum.reduceat(cost_nano, starts, axis=0)                 # (P, n)
+    keep = min(keep, per_pool.shape[0])
+    cutoff = np.partition(per_pool, keep - 1, axis=0)[keep - 1]               # (n,)
+    pool_of = np.repeat(np.arange(len(starts)), np.diff(np.append(starts, cost_nano.shape[0])))
+    return feasible & (cost_nano == per_pool[pool_of]) & (cost_nano <= cutoff[None, :])
+
+
 def group_table(
-    w: Workload, sites: tuple[Traffic, ...], cands: list[Candidate], routes: RouteTable
+    w: Workload, sites: tuple[Traffic, ...], cands: list[Candidate], routes: RouteTable, keep: int | None = None
 ) -> GroupTable:
+    """Replicas and cost of every (candidate, subset); tie-break keys for all feasible entries, or,
+    with `keep`, only for the contenders of a search that keeps that many pools per subset."""
     k = len(sites)
     G = len(cands)
     n = 1 << k
@@ -185,17 +209,20 @@ def group_table(
     cost_nano = np.where(feasible, np.rint(replicas * unit * NANO), INFEASIBLE_COST).astype(np.int64)
 
     # Preferred encoding per site: the earliest whose leg still fits beside the compute time.
-    leg_budget = slo_s - compute_s                         # (G, n)
-    fits = routes.seconds[:, None, :, :] <= leg_budget[:, :, None, None] + _EPS_S   # (G, n, k, E)
-    encoding = fits.argmax(axis=3)                         # (G, n, k)
-    rank_sum = (encoding * members[None, :, :]).sum(axis=2)
-    leg = np.take_along_axis(
-        np.broadcast_to(routes.seconds[:, None, :, :], fits.shape), encoding[..., None], 3
-    )[..., 0]
-    leg = np.where(members[None, :, :], leg, -math.inf)
-    worst_s = leg.max(axis=2) + compute_s
-    worst_s = np.where(feasible, worst_s, math.inf)
-    return GroupTable(members, replicas, cost_nano, compute_s, encoding, rank_sum, worst_s)
+    scored = feasible if keep is None else contenders(cost_nano, feasible, pool_starts(cands), keep)
+    g_idx, t_idx = np.nonzero(scored)
+    legs = routes.seconds[g_idx]                                          # (F, k, E)
+    fits = legs <= (slo_s - compute_s[g_idx, t_idx] + _EPS_S)[:, None, None]
+    chosen = fits.argmax(axis=2)                                          # (F, k)
+    inside = members[t_idx]                                               # (F, k)
+    encoding = np.zeros((G, n, k), dtype=np.int8)
+    encoding[g_idx, t_idx] = chosen
+    rank_sum = np.zeros((G, n), dtype=np.int64)
+    rank_sum[g_idx, t_idx] = (chosen * inside).sum(axis=1)
+    leg = np.take_along_axis(legs, chosen[:, :, None], 2)[:, :, 0]
+    worst_s = np.full((G, n), math.inf)
+    worst_s[g_idx, t_idx] = np.where(inside, leg, -math.inf).max(axis=1) + compute_s[g_idx, t_idx]
+    return GroupTable(members, replicas, cost_nano, compute_s, encoding, rank_sum, worst_s, scored)
 
 
 def candidates(w: Workload, snap: Snapshot, passed: list[tuple[Pool, Variant]]) -> list[Candidate]:

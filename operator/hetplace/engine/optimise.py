@@ -9,6 +9,7 @@ the tie-breaks of DESIGN §3 are part of the optimum, and candidates are visited
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -26,6 +27,7 @@ from hetplace.engine.groups import (
     candidates,
     group_plan,
     group_table,
+    pool_starts,
     route_table,
 )
 from hetplace.engine.snapshot import Snapshot, Traffic, Workload
@@ -34,13 +36,21 @@ from hetplace.engine.snapshot import Snapshot, Traffic, Workload
 # a local search from the best single group (reported as method "local-search").
 EXACT_SITE_LIMIT = 10
 
-Key = tuple[int, int, float]
-ZERO: Key = (0, 0, -math.inf)
-WORST: Key = (INFEASIBLE_COST * 64, 0, math.inf)
+# Search keys compare lexicographically: (cost and encoding ranks packed into one integer, worst
+# latency). Packing keeps sums exact and lets the lower bound run vectorised.
+RANK_SPAN = 128                       # > sites x (encodings - 1) for every exact-size workload
+PACKED_INFEASIBLE = 1 << 62
+Key = tuple[int, float]
+ZERO: Key = (0, -math.inf)
+WORST: Key = (PACKED_INFEASIBLE, math.inf)
+
+
+def _pack(cost_nano: int, rank_sum: int) -> int:
+    return cost_nano * RANK_SPAN + rank_sum
 
 
 def _plus(a: Key, b: Key) -> Key:
-    return (a[0] + b[0], a[1] + b[1], max(a[2], b[2]))
+    return (a[0] + b[0], a[1] if a[1] > b[1] else b[1])
 
 
 @dataclass(frozen=True)
@@ -50,28 +60,41 @@ class Option:
     pool: str
 
 
-def _options_per_subset(table: GroupTable, cands: list[Candidate], keep: int, allowed: np.ndarray) -> list[list[Option]]:
+@dataclass(frozen=True)
+class Ranking:
+    """Each subset's candidates in objective order, computed once and reused under any mask."""
+
+    order: np.ndarray        # (n, G): candidate indices, best first
+    position: np.ndarray     # (G, n): where each candidate stands in its subset's order
+    pool_starts: np.ndarray  # first candidate index of each pool (candidates come grouped by pool)
+
+
+def _ranking(table: GroupTable, cands: list[Candidate]) -> Ranking:
+    G, n = table.cost_nano.shape
+    names = np.broadcast_to(np.arange(G)[None, :], (n, G))
+    order = np.lexsort((names, table.worst_s.T, table.rank_sum.T, table.cost_nano.T), axis=-1)
+    position = np.empty((G, n), dtype=np.int64)
+    position[order, np.arange(n)[:, None]] = np.arange(G)[None, :]
+    return Ranking(order, position, pool_starts(cands))
+
+
+def _options_per_subset(table: GroupTable, cands: list[Candidate], ranking: Ranking, keep: int,
+                        allowed: np.ndarray) -> list[list[Option]]:
     """For every subset, its best few groups on distinct pools, best first."""
     G, n = table.cost_nano.shape
-    cost = np.where(allowed, table.cost_nano, INFEASIBLE_COST)
-    order = np.lexsort(
-        (np.broadcast_to(np.arange(G)[:, None], (G, n)).T, table.worst_s.T, table.rank_sum.T, cost.T), axis=-1
-    )  # (n, G)
-    usable = allowed.any(axis=0)
+    never = G + 1
+    position = np.where(allowed, ranking.position, never)
+    per_pool = np.minimum.reduceat(position, ranking.pool_starts, axis=0)       # (P, n)
+    keep = min(keep, per_pool.shape[0])
+    best_pools = np.argsort(per_pool, axis=0, kind="stable")[:keep]             # (keep, n)
+    best_positions = np.take_along_axis(per_pool, best_pools, axis=0)          # (keep, n)
     out: list[list[Option]] = [[] for _ in range(n)]
-    for T in np.nonzero(usable)[0]:
-        seen: set[str] = set()
-        picked = out[T]
-        for g in order[T]:
-            if cost[g, T] >= INFEASIBLE_COST:
-                break
-            pool = cands[g].pool.name
-            if pool in seen:
-                continue
-            seen.add(pool)
-            picked.append(Option((int(cost[g, T]), int(table.rank_sum[g, T]), float(table.worst_s[g, T])), int(g), pool))
-            if len(picked) >= keep:
-                break
+    for i, T in zip(*np.nonzero(best_positions < never)):
+        g = int(ranking.order[T, best_positions[i, T]])
+        out[T].append(Option((_pack(int(table.cost_nano[g, T]), int(table.rank_sum[g, T])),
+                              float(table.worst_s[g, T])), g, cands[g].pool.name))
+    for opts in out:
+        opts.sort(key=lambda o: (o.key, o.group))
     return out
 
 
@@ -84,32 +107,34 @@ def _submasks(mask: int):
         sub = (sub - 1) & mask
 
 
-def _relaxed_bounds(options: list[list[Option]], k: int, groups: int) -> list[list[Key]]:
-    """bound[S][j]: best key covering sites S with at most j groups, pools allowed to repeat."""
-    n = 1 << k
-    bound = [[WORST] * (groups + 1) for _ in range(n)]
-    bound[0] = [ZERO] * (groups + 1)
-    for S in range(1, n):
+@functools.lru_cache(maxsize=None)
+def _subset_pairs(k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every (S, T) with T a subset of S holding S's lowest site, grouped by S; and where each S starts."""
+    covers, blocks = [], []
+    for S in range(1, 1 << k):
         low = S & -S
-        rest = S ^ low
-        row = bound[S]
-        for sub in _submasks(rest):
-            opts = options[sub | low]
-            if not opts:
-                continue
-            c0, r0, l0 = opts[0].key
-            prev = bound[S ^ (sub | low)]
-            for j in range(1, groups + 1):
-                p0, p1, p2 = prev[j - 1]
-                if p0 >= INFEASIBLE_COST:
-                    continue
-                cand = (c0 + p0, r0 + p1, l0 if l0 > p2 else p2)
-                if cand < row[j]:
-                    row[j] = cand
+        for sub in _submasks(S ^ low):
+            covers.append(S)
+            blocks.append(sub | low)
+    covers_arr = np.array(covers, dtype=np.int64)
+    return covers_arr, np.array(blocks, dtype=np.int64), np.searchsorted(covers_arr, np.arange(1, 1 << k))
+
+
+def _relaxed_bounds(options: list[list[Option]], k: int, groups: int) -> np.ndarray:
+    """bound[j, S]: least packed (cost, ranks) covering sites S with at most j groups, pools allowed
+    to repeat. Worst latency is left out, which keeps it a lower bound of the full key."""
+    n = 1 << k
+    head = np.array([opts[0].key[0] if opts else PACKED_INFEASIBLE for opts in options], dtype=np.int64)
+    covers, blocks, starts = _subset_pairs(k)
+    bound = np.full((groups + 1, n), PACKED_INFEASIBLE, dtype=np.int64)
+    bound[:, 0] = 0
+    for j in range(1, groups + 1):
+        via = np.minimum(head[blocks] + bound[j - 1, covers ^ blocks], PACKED_INFEASIBLE)
+        bound[j, 1:] = np.minimum(np.minimum.reduceat(via, starts), bound[j - 1, 1:])
     return bound
 
 
-def _branch_and_bound(options: list[list[Option]], bound: list[list[Key]], k: int, groups: int):
+def _branch_and_bound(options: list[list[Option]], bound: np.ndarray, k: int, groups: int):
     """Exact search with distinct pools; returns (key, [(subset, option)]) or None."""
     best: list = [WORST, None]
 
@@ -124,9 +149,10 @@ def _branch_and_bound(options: list[list[Option]], bound: list[list[Key]], k: in
         moves = []
         for sub in _submasks(S ^ low):
             T = sub | low
-            rest_bound = bound[S ^ T][left - 1]
-            if rest_bound[0] >= INFEASIBLE_COST:
+            rest = int(bound[left - 1, S ^ T])
+            if rest >= PACKED_INFEASIBLE:
                 continue
+            rest_bound = (rest, -math.inf)
             for opt in options[T]:
                 if opt.pool in used:
                     continue
@@ -145,19 +171,22 @@ def _branch_and_bound(options: list[list[Option]], bound: list[list[Key]], k: in
     return None if best[1] is None else (best[0], best[1])
 
 
-def _search(table: GroupTable, cands: list[Candidate], k: int, groups: int, allowed: np.ndarray):
-    options = _options_per_subset(table, cands, keep=min(groups, k), allowed=allowed)
+def _search(table: GroupTable, cands: list[Candidate], ranking: Ranking, k: int, groups: int,
+            allowed: np.ndarray):
+    options = _options_per_subset(table, cands, ranking, keep=min(groups, k), allowed=allowed)
     bound = _relaxed_bounds(options, k, groups)
-    if bound[(1 << k) - 1][groups][0] >= INFEASIBLE_COST:
+    if bound[groups, (1 << k) - 1] >= PACKED_INFEASIBLE:
         return None, bound
     return _branch_and_bound(options, bound, k, groups), bound
 
 
-def _cheapest_with_each(table: GroupTable, bound: list[list[Key]], groups: int) -> np.ndarray:
+def _cheapest_with_each(table: GroupTable, bound: np.ndarray, groups: int) -> np.ndarray:
     """Per candidate: a lower bound on the cost of any placement that uses it, in nano-$/h."""
     n = table.cost_nano.shape[1]
-    rest = np.array([min(bound[(n - 1) ^ T][groups - 1][0], INFEASIBLE_COST) for T in range(n)], dtype=np.int64)
-    total = np.where(table.feasible, table.cost_nano + rest[None, :], INFEASIBLE_COST)
+    packed = bound[groups - 1, (n - 1) ^ np.arange(n)]
+    rest = np.where(packed >= PACKED_INFEASIBLE, INFEASIBLE_COST, packed // RANK_SPAN)
+    total = np.where(table.feasible & (rest[None, :] < INFEASIBLE_COST), table.cost_nano + rest[None, :],
+                     INFEASIBLE_COST)
     return total.min(axis=1)
 
 
@@ -165,20 +194,36 @@ def _pools_needed(table: GroupTable, cands: list[Candidate], k: int) -> int | No
     """The fewest groups that could serve every site (a lower bound), None if no number can."""
     if not table.feasible.any():
         return None
-    options = _options_per_subset(table, cands, keep=k, allowed=table.feasible)
-    bound = _relaxed_bounds(options, k, k)[(1 << k) - 1]
-    return next((j for j in range(1, k + 1) if bound[j][0] < INFEASIBLE_COST), None)
+    options = _options_per_subset(table, cands, _ranking(table, cands), keep=k, allowed=table.feasible)
+    bound = _relaxed_bounds(options, k, k)[:, (1 << k) - 1]
+    return next((j for j in range(1, k + 1) if bound[j] < PACKED_INFEASIBLE), None)
 
 
-def _min_latency(table: GroupTable, cands: list[Candidate], k: int, groups: int, budget_nano: int | None):
-    """Smallest worst-route latency (then least cost) whose cost stays within the budget."""
-    levels = np.unique(table.worst_s[table.feasible])
-    best = None
-    lo, hi = 0, len(levels) - 1
+def _min_latency(table: GroupTable, cands: list[Candidate], ranking: Ranking, k: int, groups: int,
+                 budget_nano: int | None, cheapest_worst_s: float):
+    """Smallest worst-route latency (then least cost) whose cost stays within the budget.
+
+    Bisects over the worst latencies the table can produce, between a lower bound (every site's
+    fastest option) and the latency of the cheapest placement, trying the lower bound first.
+    """
+    fastest_per_site = [table.worst_s[:, table.members[:, s]][table.feasible[:, table.members[:, s]]].min()
+                        for s in range(k)]
+    floor = max(fastest_per_site)
+    levels = np.unique(table.worst_s[table.feasible & (table.worst_s >= floor) & (table.worst_s <= cheapest_worst_s)])
+
+    def within(level: float):
+        found, _ = _search(table, cands, ranking, k, groups, table.feasible & (table.worst_s <= level))
+        ok = found is not None and (budget_nano is None or found[0][0] // RANK_SPAN <= budget_nano)
+        return found if ok else None
+
+    best = within(levels[0]) if len(levels) else None
+    if best is not None:
+        return best
+    lo, hi = 1, len(levels) - 1
     while lo <= hi:
         mid = (lo + hi) // 2
-        found, _ = _search(table, cands, k, groups, table.feasible & (table.worst_s <= levels[mid]))
-        if found is not None and (budget_nano is None or found[0][0] <= budget_nano):
+        found = within(levels[mid])
+        if found is not None:
             best, hi = found, mid - 1
         else:
             lo = mid + 1
@@ -216,24 +261,28 @@ def solve(w: Workload, snap: Snapshot) -> Decision:
 
         return solve_many_sites(w, snap, sites, cands, rejected)
     routes = route_table(w, snap, sites, cands)
-    table = group_table(w, sites, cands, routes)
     groups = max(1, min(w.max_pools, k))
+    # MinLatency filters on every entry's worst latency; MinCost only needs each subset's contenders.
+    table = group_table(w, sites, cands, routes, keep=None if w.objective == "MinLatency" else groups)
     budget_nano = None if w.max_cost_per_hour is None else int(round(w.max_cost_per_hour * NANO))
-    found, bound = _search(table, cands, k, groups, table.feasible) if table.feasible.any() else (None, None)
+    ranking = _ranking(table, cands)
+    found, bound = _search(table, cands, ranking, k, groups, table.scored) if table.feasible.any() \
+        else (None, None)
     if w.objective == "MinLatency" and found is not None:
-        found = _min_latency(table, cands, k, groups, budget_nano)
-    over_budget = found is not None and budget_nano is not None and found[0][0] > budget_nano
+        found = _min_latency(table, cands, ranking, k, groups, budget_nano, found[0][1])
+    over_budget = found is not None and budget_nano is not None and found[0][0] // RANK_SPAN > budget_nano
     if found is None or over_budget:
-        reason = explain_infeasible(w, sites, cands, routes, table, found[0][0] / NANO if over_budget else None,
+        reason = explain_infeasible(w, sites, cands, routes, table, found[0][0] // RANK_SPAN / NANO if over_budget else None,
                                     _pools_needed(table, cands, k))
         return Decision(w.key, False, w.objective, 0.0, (), tuple(rejected), reason)
     plans = tuple(sorted(
         (_group_plan(w, sites, cands[opt.group], opt.group, T, table, routes) for T, opt in found[1]),
         key=lambda p: (p.pool, p.variant),
     ))
-    cost = found[0][0] / NANO
+    cost = found[0][0] // RANK_SPAN / NANO
+    cheapest_with = _cheapest_with_each(table, bound, groups)
     rejected += explain_rejections(w, sites, cands, routes, table, plans, cost,
-                                   _cheapest_with_each(table, bound, groups) / NANO)
+                                   np.where(cheapest_with < INFEASIBLE_COST, cheapest_with / NANO, np.inf))
     why = f"{w.objective}: {len(plans)} group(s), ${cost:.4f}/h, worst p{w.percentile:g} " \
           f"{max(p.worst_latency_ms for p in plans):.1f} ms <= SLO {w.slo_latency_ms:g} ms"
     return Decision(w.key, True, w.objective, cost, plans, tuple(sorted(rejected, key=lambda r: (r.pool, r.variant))), why)

@@ -1,0 +1,113 @@
+"""Benchmarks of the single-workload engine; writes JSON under bench/results/ and prints a summary.
+
+decision-latency: time of one `solve` at 50 pools x 8 variants x 4 encodings x 8 sites (the
+  issue's target: p99 < 50 ms), both objectives, plus how it grows with the number of sites.
+exactness-vs-brute-force: on instances small enough to enumerate every assignment, the
+  engine's cost against the exhaustive optimum of tests/reference_model.py, and the speed-up
+  (the exhaustive search is the baseline, timed in the same run on the same instances).
+
+This machine is shared and noisy: compare ratios within one run, not absolute times across runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT / "bench"), str(ROOT / "tests")]
+
+import fleet  # noqa: E402
+import reference_model  # noqa: E402
+
+from hetplace.engine import solve  # noqa: E402
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
+
+
+def timed(fn, *args):
+    start = time.perf_counter()
+    out = fn(*args)
+    return out, time.perf_counter() - start
+
+
+def decision_latency(instances: int, site_counts: list[int]) -> dict:
+    rows = []
+    for objective in ("MinCost", "MinLatency"):
+        for n_sites in site_counts:
+            times, feasible = [], 0
+            for seed in range(instances):
+                w, snap = fleet.instance(seed, n_sites=n_sites, objective=objective)
+                decision, seconds = timed(solve, w, snap)
+                times.append(seconds * 1000)
+                feasible += decision.feasible
+            rows.append({
+                "objective": objective, "pools": 50, "variants": 8, "encodings": 4, "sites": n_sites,
+                "instances": instances, "feasible": feasible,
+                "p50_ms": round(percentile(times, 50), 2), "p99_ms": round(percentile(times, 99), 2),
+                "max_ms": round(max(times), 2), "mean_ms": round(statistics.fmean(times), 2),
+            })
+    return {"name": "decision-latency", "goal": "p99 < 50 ms at 50x8x4x8", "rows": rows}
+
+
+def exactness(instances: int) -> dict:
+    rows = []
+    for n_pools, n_variants, n_encodings, n_sites in ((4, 3, 2, 2), (5, 3, 2, 3)):
+        agree, engine_s, brute_s, feasible = 0, 0.0, 0.0, 0
+        for seed in range(instances):
+            w, snap = fleet.instance(1000 + seed, n_pools, n_variants, n_encodings, n_sites)
+            decision, t_engine = timed(solve, w, snap)
+            reference, t_brute = timed(reference_model.optimum, w, snap)
+            best = reference.best
+            engine_s += t_engine
+            brute_s += t_brute
+            feasible += decision.feasible
+            same_feasibility = decision.feasible == (best is not None)
+            same_cost = not decision.feasible or abs(decision.cost_per_hour - best.cost_per_hour) <= \
+                1e-6 * max(1.0, best.cost_per_hour)
+            agree += same_feasibility and same_cost
+        rows.append({
+            "pools": n_pools, "variants": n_variants, "encodings": n_encodings, "sites": n_sites,
+            "instances": instances, "feasible": feasible, "agree_with_brute_force": agree,
+            "engine_mean_ms": round(engine_s / instances * 1000, 3),
+            "brute_force_mean_ms": round(brute_s / instances * 1000, 3),
+            "speedup_vs_brute_force": round(brute_s / engine_s, 1),
+        })
+    return {"name": "exactness-vs-brute-force", "goal": "agree on every instance", "rows": rows}
+
+
+def machine() -> dict:
+    import os
+    return {"python": platform.python_version(), "machine": platform.machine(), "cpus": os.cpu_count(),
+            "platform": platform.platform()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes, for the test suite")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    args = parser.parse_args()
+    instances = 3 if args.smoke else 200
+    sites = [8] if args.smoke else [2, 4, 6, 8, 10]
+    args.out.mkdir(parents=True, exist_ok=True)
+    command = "python bench/run.py" + (" --smoke" if args.smoke else "")
+    for result in (decision_latency(instances, sites), exactness(2 if args.smoke else 50)):
+        result.update(machine=machine(), command=command, when=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+        (args.out / f"{result['name']}.json").write_text(json.dumps(result, indent=2) + "\n")
+        print(f"\n{result['name']} ({result['goal']})")
+        keys = list(result["rows"][0])
+        print(" | ".join(keys))
+        for row in result["rows"]:
+            print(" | ".join(str(row[k]) for k in keys))
+
+
+if __name__ == "__main__":
+    main()
