@@ -18,6 +18,7 @@ import numpy as np
 from hetplace.engine.decision import Decision, GroupPlan, Rejection
 from hetplace.engine.diagnose import explain_infeasible, explain_rejections
 from hetplace.engine.filters import first_group_rejection
+from hetplace.engine.latency_frontier import frontier_table
 from hetplace.engine.groups import (
     INFEASIBLE_COST,
     NANO,
@@ -230,12 +231,13 @@ def _min_latency(table: GroupTable, cands: list[Candidate], ranking: Ranking, k:
     return best
 
 
-def _group_plan(w: Workload, sites: tuple[Traffic, ...], cand: Candidate, g: int, T: int,
+def _group_plan(w: Workload, sites: tuple[Traffic, ...], cand: Candidate, g: int, row: int, T: int,
                 table: GroupTable, routes: RouteTable) -> GroupPlan:
+    """Candidate g's plan for subset T, read from `row` of the table that was searched."""
     members = tuple(s for s in range(len(sites)) if table.members[T, s])
-    encodings = tuple(int(table.encoding[g, T, s]) for s in members)
-    return group_plan(w, sites, cand, g, routes, members, encodings, int(table.replicas[g, T]),
-                      float(table.compute_s[g, T]))
+    encodings = tuple(int(table.encoding[row, T, s]) for s in members)
+    return group_plan(w, sites, cand, g, routes, members, encodings, int(table.replicas[row, T]),
+                      float(table.compute_s[row, T]))
 
 
 def solve(w: Workload, snap: Snapshot) -> Decision:
@@ -262,21 +264,27 @@ def solve(w: Workload, snap: Snapshot) -> Decision:
         return solve_many_sites(w, snap, sites, cands, rejected)
     routes = route_table(w, snap, sites, cands)
     groups = max(1, min(w.max_pools, k))
-    # MinLatency filters on every entry's worst latency; MinCost only needs each subset's contenders.
-    table = group_table(w, sites, cands, routes, keep=None if w.objective == "MinLatency" else groups)
+    table = group_table(w, sites, cands, routes, keep=groups)
     budget_nano = None if w.max_cost_per_hour is None else int(round(w.max_cost_per_hour * NANO))
-    ranking = _ranking(table, cands)
-    found, bound = _search(table, cands, ranking, k, groups, table.scored) if table.feasible.any() \
-        else (None, None)
-    if w.objective == "MinLatency" and found is not None:
-        found = _min_latency(table, cands, ranking, k, groups, budget_nano, found[0][1])
-    over_budget = found is not None and budget_nano is not None and found[0][0] // RANK_SPAN > budget_nano
-    if found is None or over_budget:
-        reason = explain_infeasible(w, sites, cands, routes, table, found[0][0] // RANK_SPAN / NANO if over_budget else None,
+    cheapest, bound = _search(table, cands, _ranking(table, cands), k, groups, table.scored) \
+        if table.feasible.any() else (None, None)
+    over_budget = cheapest is not None and budget_nano is not None and cheapest[0][0] // RANK_SPAN > budget_nano
+    if cheapest is None or over_budget:
+        reason = explain_infeasible(w, sites, cands, routes, table,
+                                    cheapest[0][0] // RANK_SPAN / NANO if over_budget else None,
                                     _pools_needed(table, cands, k))
         return Decision(w.key, False, w.objective, 0.0, (), tuple(rejected), reason)
+    found, plan_table, candidate_of = cheapest, table, list(range(len(cands)))
+    if w.objective == "MinLatency":
+        candidate_of, plan_table = frontier_table(w, sites, cands, routes, table)
+        row_cands = [cands[g] for g in candidate_of]
+        found = _min_latency(plan_table, row_cands, _ranking(plan_table, row_cands), k, groups, budget_nano,
+                             cheapest[0][1]) or cheapest
+        if found is cheapest:
+            plan_table, candidate_of = table, list(range(len(cands)))
     plans = tuple(sorted(
-        (_group_plan(w, sites, cands[opt.group], opt.group, T, table, routes) for T, opt in found[1]),
+        (_group_plan(w, sites, cands[candidate_of[opt.group]], candidate_of[opt.group], opt.group, T, plan_table,
+                     routes) for T, opt in found[1]),
         key=lambda p: (p.pool, p.variant),
     ))
     cost = found[0][0] // RANK_SPAN / NANO
