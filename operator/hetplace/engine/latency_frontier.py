@@ -56,51 +56,67 @@ def frontier_table(
             tables[c.variant.name] = _full_compute_table(w, c, arrival, least)
     width = max(reps.shape[1] for reps, _ in tables.values())
 
-    rows: list[int] = []
-    G2 = len(cands) * width
-    replicas = np.zeros((G2, n), dtype=np.int64)
-    compute_s = np.full((G2, n), math.inf)
-    cost_nano = np.full((G2, n), INFEASIBLE_COST, dtype=np.int64)
-    encoding = np.zeros((G2, n, k), dtype=np.int8)
-    rank_sum = np.zeros((G2, n), dtype=np.int64)
-    worst_s = np.full((G2, n), math.inf)
-
+    by_variant: dict[str, list[int]] = {}
     for g, cand in enumerate(cands):
-        reps, secs = tables[cand.variant.name]
-        t_idx = np.nonzero(base.feasible[g])[0]
-        legs = routes.seconds[g]                                            # (k, E)
-        inside = members[t_idx]                                             # (F, k)
-        values = np.where(inside[:, :, None], legs[None, :, :], math.inf)   # (F, k, E)
-        flat = values.reshape(len(t_idx), k * E)
-        slowest_best = np.where(inside, routes.best_seconds[g][None, :], -math.inf).max(axis=1)   # (F,)
-        for col in range(width):
-            row = g * width + col
-            rows.append(g)
-            if col >= reps.shape[1] or len(t_idx) == 0:
-                continue
-            r = reps[t_idx, col]
-            t_comp = secs[t_idx, col]
+        by_variant.setdefault(cand.variant.name, []).append(g)
+    slots = np.array([c.replicas_that_fit for c in cands])
+    unit = np.array([c.replica_cost_per_hour for c in cands])
+    found: list[tuple[np.ndarray, ...]] = []   # per live (variant, column): row key, subset, and values
+    for name, group_ids in by_variant.items():
+        reps, secs = tables[name]
+        gs = np.array(group_ids)
+        gi_all, ts_all = np.nonzero(base.feasible[gs])           # only groups that can meet the SLO at all
+        if len(gi_all) == 0:
+            continue
+        g_all = gs[gi_all]
+        inside = members[ts_all]                                                                  # (F, k)
+        values = np.where(inside[:, :, None], routes.seconds[g_all], math.inf)                   # (F, k, E)
+        flat = values.reshape(len(g_all), k * E)
+        slowest_best = np.where(inside, routes.best_seconds[g_all], -math.inf).max(axis=1)       # (F,)
+        fits = slots[g_all]
+        fastest_leg, slowest_leg = slowest_best.min(), flat[np.isfinite(flat)].max()
+        for col in range(reps.shape[1]):
+            r, t_comp = reps[ts_all, col], secs[ts_all, col]                                      # (F,)
             upper = slo_s - t_comp + _EPS_S
-            lower = slo_s - secs[t_idx, col - 1] + _EPS_S if col > 0 else np.full(len(t_idx), -math.inf)
-            ok = (flat >= slowest_best[:, None]) & (flat <= upper[:, None]) & (flat > lower[:, None])
-            d = np.where(ok, flat, math.inf).min(axis=1)                    # smallest D needing r
-            live = np.isfinite(d) & np.isfinite(t_comp) & (r <= cand.replicas_that_fit) & (r >= 1)
-            if not live.any():
+            lower = slo_s - secs[ts_all, col - 1] + _EPS_S if col > 0 else np.full(len(ts_all), -math.inf)
+            if not ((upper >= fastest_leg) & (lower < slowest_leg)).any():
+                continue                                                    # no leg can need exactly r
+            floor = np.maximum(slowest_best, np.nextafter(lower, math.inf))
+            ok = (flat >= floor[:, None]) & (flat <= upper[:, None])
+            d = np.min(flat, axis=1, where=ok, initial=math.inf)            # the smallest D needing r replicas
+            live = np.nonzero(np.isfinite(d) & np.isfinite(t_comp) & (r <= fits) & (r >= 1))[0]
+            if len(live) == 0:
                 continue
-            ts, d, r, t_comp, members_f, vals = t_idx[live], d[live], r[live], t_comp[live], inside[live], values[live]
-            earliest = (vals <= d[:, None, None]).argmax(axis=2)            # (L, k) earliest leg within D
-            exact = vals == d[:, None, None]                                 # where a leg is exactly D
-            shift = np.where(exact, np.arange(E)[None, None, :] - earliest[:, :, None], 10**6)
-            flat_shift = shift.reshape(len(ts), k * E)
-            forced = flat_shift.argmin(axis=1)                               # the route that sets D
-            chosen = earliest.copy()
-            chosen[np.arange(len(ts)), forced // E] = forced % E
-            replicas[row, ts] = r
-            compute_s[row, ts] = t_comp
-            cost_nano[row, ts] = np.rint(r * cand.replica_cost_per_hour * NANO).astype(np.int64)
-            encoding[row, ts] = chosen
-            rank_sum[row, ts] = (chosen * members_f).sum(axis=1)
-            worst_s[row, ts] = d + t_comp
+            d_live, vals, ts, g_live = d[live], values[live], ts_all[live], g_all[live]
+            earliest = (vals <= d_live[:, None, None]).argmax(axis=2)                               # (L, k)
+            shift = np.where(vals == d_live[:, None, None], np.arange(E)[None, None, :] - earliest[:, :, None], 10**6)
+            forced = shift.reshape(len(live), k * E).argmin(axis=1)                                 # the route setting D
+            chosen = earliest
+            chosen[np.arange(len(live)), forced // E] = forced % E
+            found.append((g_live * width + col, ts, r[live], t_comp[live],
+                          np.rint(r[live] * unit[g_live] * NANO).astype(np.int64), chosen,
+                          (chosen * inside[live]).sum(axis=1), d_live + t_comp[live]))
+    return _compact(found, members, width)
+
+
+def _compact(found: list[tuple[np.ndarray, ...]], members: np.ndarray, width: int) -> tuple[list[int], GroupTable]:
+    """One table row per live (candidate, replica column), in candidate order (so grouped by pool)."""
+    n, k = members.shape
+    if not found:
+        empty = np.zeros((0, n))
+        return [], GroupTable(members, empty.astype(np.int64), empty.astype(np.int64) + INFEASIBLE_COST, empty,
+                              np.zeros((0, n, k), dtype=np.int8), empty.astype(np.int64), empty, empty.astype(bool))
+    keys, ts, reps, comp, cost, enc, rank, worst = (np.concatenate(part) for part in zip(*found))
+    row_keys, row = np.unique(keys, return_inverse=True)
+    rows = len(row_keys)
+    replicas = np.zeros((rows, n), dtype=np.int64)
+    compute_s = np.full((rows, n), math.inf)
+    cost_nano = np.full((rows, n), INFEASIBLE_COST, dtype=np.int64)
+    encoding = np.zeros((rows, n, k), dtype=np.int8)
+    rank_sum = np.zeros((rows, n), dtype=np.int64)
+    worst_s = np.full((rows, n), math.inf)
+    replicas[row, ts], compute_s[row, ts], cost_nano[row, ts] = reps, comp, cost
+    encoding[row, ts], rank_sum[row, ts], worst_s[row, ts] = enc, rank, worst
     table = GroupTable(members, replicas, cost_nano, compute_s, encoding, rank_sum, worst_s,
                        cost_nano < INFEASIBLE_COST)
-    return rows, table
+    return [int(key) // width for key in row_keys], table

@@ -200,16 +200,26 @@ def _pools_needed(table: GroupTable, cands: list[Candidate], k: int) -> int | No
     return next((j for j in range(1, k + 1) if bound[j] < PACKED_INFEASIBLE), None)
 
 
+def _latency_floor(table: GroupTable, k: int, groups: int) -> float:
+    """A lower bound on the worst route latency: the bottleneck version of the relaxed programme."""
+    fastest = np.where(table.feasible, table.worst_s, math.inf).min(axis=0)       # (n,) per subset
+    covers, blocks, starts = _subset_pairs(k)
+    bound = np.full((groups + 1, 1 << k), math.inf)
+    bound[:, 0] = -math.inf
+    for j in range(1, groups + 1):
+        via = np.maximum(fastest[blocks], bound[j - 1, covers ^ blocks])
+        bound[j, 1:] = np.minimum(np.minimum.reduceat(via, starts), bound[j - 1, 1:])
+    return float(bound[groups, (1 << k) - 1])
+
+
 def _min_latency(table: GroupTable, cands: list[Candidate], ranking: Ranking, k: int, groups: int,
                  budget_nano: int | None, cheapest_worst_s: float):
     """Smallest worst-route latency (then least cost) whose cost stays within the budget.
 
-    Bisects over the worst latencies the table can produce, between a lower bound (every site's
-    fastest option) and the latency of the cheapest placement, trying the lower bound first.
+    Bisects over the worst latencies the table can produce, between a lower bound (the relaxed
+    bottleneck programme) and the latency of the cheapest placement, trying the lower bound first.
     """
-    fastest_per_site = [table.worst_s[:, table.members[:, s]][table.feasible[:, table.members[:, s]]].min()
-                        for s in range(k)]
-    floor = max(fastest_per_site)
+    floor = _latency_floor(table, k, groups)
     levels = np.unique(table.worst_s[table.feasible & (table.worst_s >= floor) & (table.worst_s <= cheapest_worst_s)])
 
     def within(level: float):
