@@ -58,9 +58,9 @@ def decision_latency(instances: int, site_counts: list[int]) -> dict:
     return {"name": "decision-latency", "goal": "p99 < 50 ms at 50x8x4x8", "rows": rows}
 
 
-def exactness(instances: int) -> dict:
+def exactness(instances: int, sizes: tuple[tuple[int, int, int, int], ...]) -> dict:
     rows = []
-    for n_pools, n_variants, n_encodings, n_sites in ((4, 3, 2, 2), (5, 3, 2, 3)):
+    for n_pools, n_variants, n_encodings, n_sites in sizes:
         agree, engine_s, brute_s, feasible = 0, 0.0, 0.0, 0
         for seed in range(instances):
             w, snap = fleet.instance(1000 + seed, n_pools, n_variants, n_encodings, n_sites)
@@ -84,6 +84,11 @@ def exactness(instances: int) -> dict:
     return {"name": "exactness-vs-brute-force", "goal": "agree on every instance", "rows": rows}
 
 
+# (pools, variants, encodings, sites) small enough for the exhaustive baseline
+SMOKE_SIZES = ((4, 3, 2, 2), (5, 3, 2, 3))
+FULL_SIZES = ((6, 3, 2, 4), (6, 3, 3, 4))
+
+
 def machine() -> dict:
     import os
     return {"python": platform.python_version(), "machine": platform.machine(), "cpus": os.cpu_count(),
@@ -99,7 +104,8 @@ def main() -> None:
     sites = [8] if args.smoke else [2, 4, 6, 8, 10]
     args.out.mkdir(parents=True, exist_ok=True)
     command = "python bench/run.py" + (" --smoke" if args.smoke else "")
-    for result in (decision_latency(instances, sites), exactness(2 if args.smoke else 50)):
+    for result in (decision_latency(instances, sites),
+                   exactness(2, SMOKE_SIZES) if args.smoke else exactness(30, SMOKE_SIZES + FULL_SIZES)):
         result.update(machine=machine(), command=command, when=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
         (args.out / f"{result['name']}.json").write_text(json.dumps(result, indent=2) + "\n")
         print(f"\n{result['name']} ({result['goal']})")
