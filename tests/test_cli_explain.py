@@ -126,3 +126,12 @@ def test_bundled_examples_are_feasible(example, telemetry):
         run = hetplace("explain", "-f", folder / "workload.yaml", "--pools", folder / "pools", "-o", "json", *extra)
         assert run.returncode == 0, run.stderr
         assert json.loads(run.stdout)["feasible"] is True
+
+
+def test_telemetry_may_name_a_workload_without_its_namespace(tmp_path):
+    file = tmp_path / "t.yaml"
+    file.write_text("traffic: [{workload: defect-detector, site: factory-eu-1, requestsPerSecond: 0}]\n")
+    run = explain_factory("--telemetry", file, "-o", "json")
+    assert run.returncode == 0, run.stderr
+    rates = {r["site"]: r["requestsPerSecond"] for p in json.loads(run.stdout)["placements"] for r in p["routes"]}
+    assert rates["factory-eu-1"] == 0

@@ -253,3 +253,13 @@ def test_pure_packages_import_no_io(package):
                 [node.module or ""] if isinstance(node, ast.ImportFrom) else []
             for name in names:
                 assert name.split(".")[0] not in IMPURE, f"{path.relative_to(REPO)} imports {name}"
+
+
+def test_the_bundled_factory_example_is_the_shared_worked_example():
+    shared = REPO.parent / "shared" / "examples" / "factory.yaml"
+    if not shared.exists():
+        pytest.skip("the shared examples are not beside this checkout")
+    theirs = load_manifests([shared])
+    ours = load_manifests([FACTORY / "pools", FACTORY / "workload.yaml"])
+    assert {p.name: p.wire() for p in theirs.pools} == {p.name: p.wire() for p in ours.pools}
+    assert [w.wire() for w in theirs.workloads] == [w.wire() for w in ours.workloads]

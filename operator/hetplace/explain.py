@@ -42,20 +42,22 @@ def read_inputs(workload_file: Path, pools_path: Path | None) -> tuple[list[Infe
     return own.workloads, pools
 
 
-def _check_telemetry(telemetry: TelemetryFile, source: str, pools: tuple[Pool, ...],
-                     workloads: list[Workload]) -> None:
-    known_pools = {p.name for p in pools}
-    known_workloads = {w.key for w in workloads}
-    problems = [
-        Problem(f"links[{i}].pool", o.pool, f"no such ComputePool (known: {', '.join(sorted(known_pools))})")
-        for i, o in enumerate(telemetry.links) if o.pool not in known_pools
-    ] + [
-        Problem(f"traffic[{i}].workload", o.workload,
-                f"no such InferenceWorkload (known: {', '.join(sorted(known_workloads))})")
-        for i, o in enumerate(telemetry.traffic) if o.workload_key not in known_workloads
-    ]
-    if problems:
-        raise InvalidObject(problems, source=source)
+def _resolve_workload(ref: str, workloads: list[Workload]) -> tuple[str | None, str]:
+    """NAMESPACE/NAME for a telemetry reference; a bare NAME matches the one workload of that name."""
+    if "/" in ref:
+        return (ref, "") if ref in {w.key for w in workloads} else (None, "no such InferenceWorkload")
+    named = sorted(w.key for w in workloads if w.name == ref)
+    if len(named) == 1:
+        return named[0], ""
+    if not named:
+        return None, "no such InferenceWorkload"
+    return None, f"matches {', '.join(named)}; write NAMESPACE/NAME"
+
+
+def _check_links(telemetry: TelemetryFile, pools: tuple[Pool, ...]) -> list[Problem]:
+    known = {p.name for p in pools}
+    return [Problem(f"links[{i}].pool", o.pool, f"no such ComputePool (known: {', '.join(sorted(known))})")
+            for i, o in enumerate(telemetry.links) if o.pool not in known]
 
 
 def observe(pools: tuple[Pool, ...], workloads: list[Workload], telemetry_path: Path | None):
@@ -63,9 +65,18 @@ def observe(pools: tuple[Pool, ...], workloads: list[Workload], telemetry_path: 
     if telemetry_path is None:
         return pools, workloads
     telemetry = load_telemetry(telemetry_path)
-    _check_telemetry(telemetry, str(telemetry_path), pools, workloads)
+    problems = _check_links(telemetry, pools)
+    traffic = []
+    known = ", ".join(sorted(w.key for w in workloads))
+    for i, o in enumerate(telemetry.traffic):
+        key, why = _resolve_workload(o.workload, workloads)
+        if key is None:
+            problems.append(Problem(f"traffic[{i}].workload", o.workload, f"{why} (known: {known})"))
+        else:
+            traffic.append(TrafficObservation(key, o.site, o.requests_per_second))
+    if problems:
+        raise InvalidObject(problems, source=str(telemetry_path))
     links = [LinkObservation(o.site, o.pool, o.bandwidth_kbps, o.rtt_ms) for o in telemetry.links]
-    traffic = [TrafficObservation(o.workload_key, o.site, o.requests_per_second) for o in telemetry.traffic]
     return with_links(pools, links), [with_traffic(w, traffic) for w in workloads]
 
 
