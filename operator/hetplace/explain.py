@@ -129,6 +129,7 @@ def decision_table(case: Case, title: str | None = None) -> Group:
             (f"{d.workload}", "bold"), "  ",
             ("placed", "green"), f"  ${d.cost_per_hour:.4f}/h  ",
             f"worst p{w.percentile:g} {d.worst_latency_ms:.1f} ms (SLO {w.slo_latency_ms:g} ms)  {d.objective}",
+            "" if d.method == "exact" else f"  ({d.method}: not proven optimal)",
         )
     else:
         head = Text.assemble((f"{d.workload}", "bold"), "  ", ("infeasible", "red"), "  ", d.reason)
