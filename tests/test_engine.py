@@ -263,3 +263,19 @@ def test_the_bundled_factory_example_is_the_shared_worked_example():
     ours = load_manifests([FACTORY / "pools", FACTORY / "workload.yaml"])
     assert {p.name: p.wire() for p in theirs.pools} == {p.name: p.wire() for p in ours.pools}
     assert [w.wire() for w in theirs.workloads] == [w.wire() for w in ours.workloads]
+
+
+def test_below_p90_the_mean_service_time_bounds_how_many_replicas_are_tried():
+    # regression: the replica search stopped at the tail latency, so a p89 SLO just above the mean
+    # service time was called infeasible although 324 replicas meet it
+    pool = a_pool("cpu-a").cpu().nodes(count=100, cpu="4", memory="16Gi").hourly(0.2)
+    workload = (a_workload().encoding("tensor", 1000)
+                .variant("onnx", "cpu", latency_ms=30, tail_ms=45, concurrency=1, cpu="1", memory="1Gi")
+                .slo(30.6, percentile=89).traffic("cloud-eu", 10000).replicas(min=1, max=1000)
+                .policy(maxUtilization=0.95))
+    w, snap = engine_inputs(workload, pool)
+    d = solve(w, snap)
+    assert d.feasible, d.reason
+    (group,) = d.groups
+    assert group.replicas == 324
+    assert d.cost_per_hour == pytest.approx(16.2)

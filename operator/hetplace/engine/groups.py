@@ -16,12 +16,12 @@ import numpy as np
 from hetplace.engine.cost import replica_cost_per_hour, replicas_that_fit
 from hetplace.engine.decision import GroupPlan, RoutePlan
 from hetplace.engine.filters import Verdict, accuracy_met, link_exists, link_utilization_verdict
-from hetplace.engine.queueing import compute_latency_s, min_replicas_for_utilization
+from hetplace.engine.queueing import compute_latency_s, min_replicas_for_utilization, service_quantile_s
 from hetplace.engine.snapshot import Pool, Resources, Snapshot, Traffic, Variant, Workload
 
 NANO = 1_000_000_000  # costs are compared as integer nano-dollars per hour: exact sums, exact ties
 INFEASIBLE_COST = np.iinfo(np.int64).max // 4
-_EPS_S = 1e-9
+EPS_S = 1e-9  # latency comparisons tolerate float noise of a nanosecond
 
 
 @dataclass(frozen=True)
@@ -187,12 +187,12 @@ def group_table(
         width = 8
         while True:
             reps, secs = compute_table(w, variant, arrival, least, width)
-            ok = secs[None, :, :] <= need[:, :, None] + _EPS_S
+            ok = secs[None, :, :] <= need[:, :, None] + EPS_S
             found = ok.any(axis=2)
             # widen only where the last column still waits and more replicas are allowed
-            last_waits = secs[:, -1] > variant.tail_latency_ms / 1000.0 + _EPS_S
+            last_waits = secs[:, -1] > service_quantile_s(variant.latency_ms, variant.tail_latency_ms,
+                                                          w.percentile) + EPS_S
             more = (~found) & np.isfinite(need) & last_waits[None, :] & (reps[:, -1] < w.replicas_max)[None, :]
-            more &= (reps[:, -1] > 0)[None, :]
             if not more.any() or width >= w.replicas_max:
                 break
             width *= 4
@@ -212,7 +212,7 @@ def group_table(
     scored = feasible if keep is None else contenders(cost_nano, feasible, pool_starts(cands), keep)
     g_idx, t_idx = np.nonzero(scored)
     legs = routes.seconds[g_idx]                                          # (F, k, E)
-    fits = legs <= (slo_s - compute_s[g_idx, t_idx] + _EPS_S)[:, None, None]
+    fits = legs <= (slo_s - compute_s[g_idx, t_idx] + EPS_S)[:, None, None]
     chosen = fits.argmax(axis=2)                                          # (F, k)
     inside = members[t_idx]                                               # (F, k)
     encoding = np.zeros((G, n, k), dtype=np.int8)

@@ -15,7 +15,7 @@ import math
 import numpy as np
 
 from hetplace.engine.groups import (
-    _EPS_S,
+    EPS_S,
     INFEASIBLE_COST,
     NANO,
     Candidate,
@@ -23,6 +23,7 @@ from hetplace.engine.groups import (
     RouteTable,
     compute_table,
 )
+from hetplace.engine.queueing import service_quantile_s
 from hetplace.engine.snapshot import Traffic, Workload
 
 
@@ -31,8 +32,8 @@ def _full_compute_table(w: Workload, cand: Candidate, arrival: np.ndarray, least
     width = 8
     while True:
         reps, secs = compute_table(w, cand.variant, arrival, np.int64(least), width)
-        floor_s = cand.variant.tail_latency_ms / 1000.0 if w.percentile >= 90 else cand.variant.latency_ms / 1000.0
-        still_waits = (secs[:, -1] > floor_s + _EPS_S) & np.isfinite(secs[:, -1])
+        floor_s = service_quantile_s(cand.variant.latency_ms, cand.variant.tail_latency_ms, w.percentile)
+        still_waits = (secs[:, -1] > floor_s + EPS_S) & np.isfinite(secs[:, -1])
         if not still_waits.any() or width >= w.replicas_max:
             return reps, secs
         width *= 2
@@ -77,8 +78,8 @@ def frontier_table(
         fastest_leg, slowest_leg = slowest_best.min(), flat[np.isfinite(flat)].max()
         for col in range(reps.shape[1]):
             r, t_comp = reps[ts_all, col], secs[ts_all, col]                                      # (F,)
-            upper = slo_s - t_comp + _EPS_S
-            lower = slo_s - secs[ts_all, col - 1] + _EPS_S if col > 0 else np.full(len(ts_all), -math.inf)
+            upper = slo_s - t_comp + EPS_S
+            lower = slo_s - secs[ts_all, col - 1] + EPS_S if col > 0 else np.full(len(ts_all), -math.inf)
             if not ((upper >= fastest_leg) & (lower < slowest_leg)).any():
                 continue                                                    # no leg can need exactly r
             floor = np.maximum(slowest_best, np.nextafter(lower, math.inf))

@@ -11,11 +11,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from hetplace.engine.decision import Decision, Rejection
-from hetplace.engine.groups import NANO, Candidate, RouteTable, group_plan, route_table
+from hetplace.engine.groups import EPS_S, NANO, Candidate, RouteTable, group_plan, route_table
 from hetplace.engine.queueing import compute_latency_s, min_replicas_for_utilization
 from hetplace.engine.snapshot import Snapshot, Traffic, Workload
 
-_EPS_S = 1e-9
 MAX_ROUNDS = 50
 
 
@@ -46,11 +45,11 @@ def fit_group(w: Workload, sites: tuple[Traffic, ...], members: tuple[int, ...],
     reps = np.arange(r_lo, top + 1)
     secs = compute_latency_s(reps, v.concurrency, np.full(len(reps), lam), v.latency_ms, v.tail_latency_ms,
                              w.percentile)
-    ok = np.nonzero(secs <= slo_s - best_net.max() + _EPS_S)[0]
+    ok = np.nonzero(secs <= slo_s - best_net.max() + EPS_S)[0]
     if len(ok) == 0:
         return None
     r, compute_s = int(reps[ok[0]]), float(secs[ok[0]])
-    encodings = tuple(int(np.argmax(routes.seconds[g, s] <= slo_s - compute_s + _EPS_S)) for s in members)
+    encodings = tuple(int(np.argmax(routes.seconds[g, s] <= slo_s - compute_s + EPS_S)) for s in members)
     worst = max(routes.seconds[g, s, e] for s, e in zip(members, encodings)) + compute_s
     return GroupFit((int(round(r * cand.replica_cost_per_hour * NANO)), sum(encodings), float(worst)),
                     r, compute_s, encodings)
