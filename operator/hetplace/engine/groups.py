@@ -9,7 +9,7 @@ combines table rows.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -43,8 +43,10 @@ class RouteTable:
     has_link: np.ndarray         # (G, k)
     accurate: np.ndarray         # (G, E)
 
+    best_seconds: np.ndarray = field(init=False)   # (G, k): each route's fastest leg
+
     def __post_init__(self) -> None:
-        self.best_seconds = self.seconds.min(axis=2)  # (G, k)
+        self.best_seconds = self.seconds.min(axis=2)
 
     def verdicts(self, w: Workload, sites: tuple[Traffic, ...], cands: list[Candidate], g: int, s: int) -> list[Verdict]:
         """The route filters that failed for site s on candidate g, one per encoding at most."""
@@ -101,6 +103,9 @@ class GroupTable:
     rank_sum: np.ndarray     # (G, n), where scored
     worst_s: np.ndarray      # (G, n), inf where not scored
     scored: np.ndarray       # (G, n) bool: feasible entries whose tie-break keys were computed
+    # (G, n): the slowest leg must exceed this for the replicas to be minimal (latency frontier rows)
+    slowest_leg_above_s: np.ndarray | None = None
+    feasible: np.ndarray = field(init=False)
 
     def __post_init__(self) -> None:
         self.feasible = self.cost_nano < INFEASIBLE_COST

@@ -94,7 +94,7 @@ def frontier_table(
             forced = shift.reshape(len(live), k * E).argmin(axis=1)                                 # the route setting D
             chosen = earliest
             chosen[np.arange(len(live)), forced // E] = forced % E
-            found.append((g_live * width + col, ts, r[live], t_comp[live],
+            found.append((g_live * width + col, ts, lower[live], r[live], t_comp[live],
                           np.rint(r[live] * unit[g_live] * NANO).astype(np.int64), chosen,
                           (chosen * inside[live]).sum(axis=1), d_live + t_comp[live]))
     return _compact(found, members, width)
@@ -107,7 +107,7 @@ def _compact(found: list[tuple[np.ndarray, ...]], members: np.ndarray, width: in
         empty = np.zeros((0, n))
         return [], GroupTable(members, empty.astype(np.int64), empty.astype(np.int64) + INFEASIBLE_COST, empty,
                               np.zeros((0, n, k), dtype=np.int8), empty.astype(np.int64), empty, empty.astype(bool))
-    keys, ts, reps, comp, cost, enc, rank, worst = (np.concatenate(part) for part in zip(*found))
+    keys, ts, lower, reps, comp, cost, enc, rank, worst = (np.concatenate(part) for part in zip(*found))
     row_keys, row = np.unique(keys, return_inverse=True)
     rows = len(row_keys)
     replicas = np.zeros((rows, n), dtype=np.int64)
@@ -116,8 +116,47 @@ def _compact(found: list[tuple[np.ndarray, ...]], members: np.ndarray, width: in
     encoding = np.zeros((rows, n, k), dtype=np.int8)
     rank_sum = np.zeros((rows, n), dtype=np.int64)
     worst_s = np.full((rows, n), math.inf)
+    above = np.full((rows, n), math.inf)
+    above[row, ts] = lower
     replicas[row, ts], compute_s[row, ts], cost_nano[row, ts] = reps, comp, cost
     encoding[row, ts], rank_sum[row, ts], worst_s[row, ts] = enc, rank, worst
     table = GroupTable(members, replicas, cost_nano, compute_s, encoding, rank_sum, worst_s,
-                       cost_nano < INFEASIBLE_COST)
+                       cost_nano < INFEASIBLE_COST, above)
     return [int(key) // width for key in row_keys], table
+
+
+def at_level(table: GroupTable, candidate_of: list[int], routes: RouteTable, w: Workload, level_s: float) -> GroupTable:
+    """The frontier table with every row held under a worst latency of `level_s`, each route taking
+    its earliest encoding that keeps the row's replicas minimal and its worst under the level.
+
+    The frontier rows carry the encodings that give each group its smallest worst latency; once
+    the level is known, slower but preferred encodings that still fit are the tie-break's choice.
+    """
+    slo_s = w.slo_latency_ms / 1000.0
+    E = len(w.encodings)
+    keep = table.feasible & (table.worst_s <= level_s + EPS_S)
+    rows, ts = np.nonzero(keep)
+    legs = routes.seconds[np.asarray(candidate_of, dtype=np.int64)[rows]]             # (F, k, E)
+    inside = table.members[ts]                                                      # (F, k)
+    t_comp = table.compute_s[rows, ts]
+    budget = np.minimum(slo_s, level_s) - t_comp + EPS_S
+    above = table.slowest_leg_above_s[rows, ts]
+    chosen = (legs <= budget[:, None, None]).argmax(axis=2)                         # earliest that fits
+    leg = np.where(inside, np.take_along_axis(legs, chosen[:, :, None], 2)[:, :, 0], -math.inf)
+    short = leg.max(axis=1) <= above              # then one route must still set a slow enough leg
+    if short.any():
+        i = np.nonzero(short)[0]
+        usable = (legs[i] > above[i, None, None]) & (legs[i] <= budget[i, None, None]) & inside[i][:, :, None]
+        shift = np.where(usable, np.arange(E)[None, None, :] - chosen[i][:, :, None], 10**6)
+        forced = shift.reshape(len(i), -1).argmin(axis=1)
+        chosen[i, forced // E] = forced % E
+        leg = np.where(inside, np.take_along_axis(legs, chosen[:, :, None], 2)[:, :, 0], -math.inf)
+    encoding = table.encoding.copy()
+    rank_sum = table.rank_sum.copy()
+    worst_s = np.full_like(table.worst_s, math.inf)
+    encoding[rows, ts] = chosen
+    rank_sum[rows, ts] = (chosen * inside).sum(axis=1)
+    worst_s[rows, ts] = leg.max(axis=1) + t_comp
+    cost_nano = np.where(keep, table.cost_nano, INFEASIBLE_COST)
+    return GroupTable(table.members, table.replicas, cost_nano, table.compute_s, encoding, rank_sum, worst_s,
+                      keep, table.slowest_leg_above_s)

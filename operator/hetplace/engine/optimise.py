@@ -22,7 +22,7 @@ import numpy as np
 from hetplace.engine.decision import Decision, GroupPlan, Rejection
 from hetplace.engine.diagnose import explain_infeasible, explain_rejections
 from hetplace.engine.filters import first_group_rejection
-from hetplace.engine.latency_frontier import frontier_table
+from hetplace.engine.latency_frontier import at_level, frontier_table
 from hetplace.engine.groups import (
     INFEASIBLE_COST,
     NANO,
@@ -218,7 +218,7 @@ def _latency_floor(table: GroupTable, k: int, groups: int) -> float:
 
 def _min_latency(table: GroupTable, cands: list[Candidate], ranking: Ranking, k: int, groups: int,
                  budget_nano: int | None, cheapest_worst_s: float):
-    """Smallest worst-route latency (then least cost) whose cost stays within the budget.
+    """The smallest worst-route latency a placement within the budget can have.
 
     Bisects over the worst latencies the table can produce, between a lower bound (the relaxed
     bottleneck programme) and the latency of the cheapest placement, trying the lower bound first.
@@ -231,15 +231,14 @@ def _min_latency(table: GroupTable, cands: list[Candidate], ranking: Ranking, k:
         ok = found is not None and (budget_nano is None or found[0][0] // RANK_SPAN <= budget_nano)
         return found if ok else None
 
-    best = within(levels[0]) if len(levels) else None
-    if best is not None:
-        return best
+    if len(levels) and within(levels[0]) is not None:
+        return float(levels[0])
+    best = None
     lo, hi = 1, len(levels) - 1
     while lo <= hi:
         mid = (lo + hi) // 2
-        found = within(levels[mid])
-        if found is not None:
-            best, hi = found, mid - 1
+        if within(levels[mid]) is not None:
+            best, hi = float(levels[mid]), mid - 1
         else:
             lo = mid + 1
     return best
@@ -292,10 +291,13 @@ def solve(w: Workload, snap: Snapshot) -> Decision:
     if w.objective == "MinLatency":
         candidate_of, plan_table = frontier_table(w, sites, cands, routes, table)
         row_cands = [cands[g] for g in candidate_of]
-        found = _min_latency(plan_table, row_cands, _ranking(plan_table, row_cands), k, groups, budget_nano,
-                             cheapest[0][1]) or cheapest
-        if found is cheapest:
-            plan_table, candidate_of = table, list(range(len(cands)))
+        level = _min_latency(plan_table, row_cands, _ranking(plan_table, row_cands), k, groups, budget_nano,
+                             cheapest[0][1])
+        if level is None:   # cannot happen: the cheapest placement is within budget and under its own level
+            found, plan_table, candidate_of = cheapest, table, list(range(len(cands)))
+        else:
+            plan_table = at_level(plan_table, candidate_of, routes, w, level)
+            found, _ = _search(plan_table, row_cands, _ranking(plan_table, row_cands), k, groups, plan_table.feasible)
     plans = tuple(sorted(
         (_group_plan(w, sites, cands[candidate_of[opt.group]], candidate_of[opt.group], opt.group, T, plan_table,
                      routes) for T, opt in found[1]),
