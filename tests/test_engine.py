@@ -291,3 +291,20 @@ def test_below_p90_the_mean_service_time_bounds_how_many_replicas_are_tried():
     (group,) = d.groups
     assert group.replicas == 324
     assert d.cost_per_hour == pytest.approx(16.2)
+
+
+def test_local_search_follows_the_objective():
+    builder = a_workload()
+    cheap = a_pool("cpu-a").cpu().nodes(count=16, cpu="4", memory="8Gi").hourly(0.1)
+    quick = a_pool("cpu-b").cpu().nodes(count=16, cpu="4", memory="8Gi").hourly(0.5)
+    for i in range(11):
+        builder = builder.traffic(f"site-{i:02d}", 2)
+        cheap = cheap.link(f"site-{i:02d}", kbps=50_000, rtt_ms=40)
+        quick = quick.link(f"site-{i:02d}", kbps=50_000, rtt_ms=5)
+    w, snap = engine_inputs(builder, cheap, quick)
+    by_cost = solve(w, snap)
+    by_latency = solve(dataclasses.replace(w, objective="MinLatency"), snap)
+    assert by_cost.method == by_latency.method == "local-search"
+    assert [g.pool for g in by_cost.groups] == ["cpu-a"]
+    assert by_latency.worst_latency_ms < by_cost.worst_latency_ms - 20
+    assert by_cost.cost_per_hour < by_latency.cost_per_hour

@@ -77,7 +77,8 @@ def solve_many_sites(w: Workload, snap: Snapshot, sites: tuple[Traffic, ...], ca
             fits = {h: fit_group(w, sites, tuple(m), h, cands[h], routes) for h, m in trial.items()}
             if any(f is None for f in fits.values()):
                 continue
-            key = _total(fits)
+            cost, ranks, worst = _total(fits)
+            key = (worst, cost, ranks) if w.objective == "MinLatency" else (cost, ranks, worst)
             if best is None or key < best[0]:
                 best = (key, g)
         if best is None:
