@@ -1,6 +1,8 @@
-"""Placement for workloads with more sites than the exact subset search handles: greedy assignment, heaviest site first.
+"""Placement for workloads with more sites than the exact subset search handles.
 
-Not proven optimal; the decision says so with method "local-search".
+A greedy start (heaviest site first) and the best single-group start, each improved by moving
+one site at a time while the objective improves. Not proven optimal; the decision says so with
+method "local-search".
 """
 
 from __future__ import annotations
@@ -60,34 +62,80 @@ def _total(fits: dict[int, GroupFit]) -> tuple[int, int, float]:
             max((f.key[2] for f in fits.values()), default=-math.inf))
 
 
+Assignment = dict[int, tuple[int, ...]]   # candidate -> the sites it serves
+
+
+class _Search:
+    """Scores assignments of sites to candidates under the workload's objective and rules."""
+
+    def __init__(self, w: Workload, sites: tuple[Traffic, ...], cands: list[Candidate], routes: RouteTable):
+        self.w, self.sites, self.cands, self.routes = w, sites, cands, routes
+        self.pool_of = [c.pool.name for c in cands]
+        self._fits: dict[tuple[int, tuple[int, ...]], GroupFit | None] = {}
+
+    def fit(self, g: int, members: tuple[int, ...]) -> GroupFit | None:
+        if (g, members) not in self._fits:
+            self._fits[(g, members)] = fit_group(self.w, self.sites, members, g, self.cands[g], self.routes)
+        return self._fits[(g, members)]
+
+    def key(self, assign: Assignment):
+        """The objective's key, or None when a group fails or a rule (maxPools, one per pool) breaks."""
+        if len(assign) > self.w.max_pools or len({self.pool_of[g] for g in assign}) < len(assign):
+            return None
+        fits = {g: self.fit(g, m) for g, m in assign.items()}
+        if any(f is None for f in fits.values()):
+            return None
+        cost, ranks, worst = _total(fits)
+        return (worst, cost, ranks) if self.w.objective == "MinLatency" else (cost, ranks, worst)
+
+    def move(self, assign: Assignment, s: int, to: int) -> Assignment:
+        out = {g: tuple(x for x in m if x != s) for g, m in assign.items()}
+        out[to] = tuple(sorted(out.get(to, ()) + (s,)))
+        return {g: m for g, m in out.items() if m}
+
+    def greedy(self) -> Assignment | None:
+        """Heaviest sites first: each joins the group (open or new) that leaves the best key."""
+        assign: Assignment = {}
+        order = sorted(range(len(self.sites)), key=lambda s: (-self.sites[s].requests_per_second, self.sites[s].site))
+        for s in order:
+            scored = [(k, g) for g in range(len(self.cands)) if (k := self.key(self.move(assign, s, g))) is not None]
+            if not scored:
+                return None
+            assign = self.move(assign, s, min(scored)[1])
+        return assign
+
+    def improve(self, assign: Assignment) -> Assignment:
+        """Move one site at a time to any group while the key improves."""
+        best = self.key(assign)
+        for _ in range(MAX_ROUNDS):
+            better = False
+            for s in range(len(self.sites)):
+                for g in range(len(self.cands)):
+                    trial = self.move(assign, s, g)
+                    k = self.key(trial)
+                    if k is not None and k < best:
+                        assign, best, better = trial, k, True
+            if not better:
+                break
+        return assign
+
+
 def solve_many_sites(w: Workload, snap: Snapshot, sites: tuple[Traffic, ...], cands: list[Candidate],
                      rejected: list[Rejection]) -> Decision:
     routes = route_table(w, snap, sites, cands)
-    pool_of = [c.pool.name for c in cands]
-    assign: dict[int, list[int]] = {}
-    # Heaviest sites first: each joins the group (open or new) that raises the total least.
-    for s in sorted(range(len(sites)), key=lambda s: (-sites[s].requests_per_second, sites[s].site)):
-        best = None
-        for g, cand in enumerate(cands):
-            opened = g in assign
-            if not opened and (len(assign) >= w.max_pools or any(pool_of[h] == pool_of[g] for h in assign)):
-                continue
-            trial = {h: m for h, m in assign.items()}
-            trial[g] = sorted(trial.get(g, []) + [s])
-            fits = {h: fit_group(w, sites, tuple(m), h, cands[h], routes) for h, m in trial.items()}
-            if any(f is None for f in fits.values()):
-                continue
-            cost, ranks, worst = _total(fits)
-            key = (worst, cost, ranks) if w.objective == "MinLatency" else (cost, ranks, worst)
-            if best is None or key < best[0]:
-                best = (key, g)
-        if best is None:
-            return Decision(w.key, False, w.objective, 0.0, (), tuple(rejected),
-                            f"site {sites[s].site} has no route within the SLO next to the sites placed so far "
-                            f"(local search over {len(sites)} sites)", method="local-search")
-        assign.setdefault(best[1], []).append(s)
-        assign[best[1]].sort()
-    fits = {h: fit_group(w, sites, tuple(m), h, cands[h], routes) for h, m in assign.items()}
+    search = _Search(w, sites, cands, routes)
+    pool_of = search.pool_of
+    everyone = tuple(range(len(sites)))
+    starts = [a for a in [search.greedy()] + [{g: everyone} for g in range(len(cands))]
+              if a is not None and search.key(a) is not None]
+    if not starts:
+        return Decision(w.key, False, w.objective, 0.0, (), tuple(rejected),
+                        f"no assignment of the {len(sites)} sites found by local search meets the SLO and "
+                        f"spec.constraints.maxPools={w.max_pools}", method="local-search")
+    # improve the greedy start and the best single-group start; keep the better
+    seeds = [starts[0]] + sorted(starts[1:], key=search.key)[:1]
+    assign = min((search.improve(a) for a in seeds), key=search.key)
+    fits = {h: search.fit(h, m) for h, m in assign.items()}
     plans = [
         group_plan(w, sites, cands[g], g, routes, tuple(members), fits[g].encodings, fits[g].replicas, fits[g].compute_s)
         for g, members in sorted(assign.items(), key=lambda kv: pool_of[kv[0]])
