@@ -135,3 +135,27 @@ def test_telemetry_may_name_a_workload_without_its_namespace(tmp_path):
     assert run.returncode == 0, run.stderr
     rates = {r["site"]: r["requestsPerSecond"] for p in json.loads(run.stdout)["placements"] for r in p["routes"]}
     assert rates["factory-eu-1"] == 0
+
+
+@pytest.mark.parametrize("path, value, words", [
+    pytest.param("spec.slo.latencyMs", float("inf"), "spec.slo.latencyMs", id="an infinite SLO is refused"),
+    pytest.param("spec.traffic[0].requestsPerSecond", float("nan"), "spec.traffic[0].requestsPerSecond",
+                 id="a request rate that is not a number is refused"),
+    pytest.param("spec.traffic[0].requestsPerSecond", 1e12, "must be <= 1e+06",
+                 id="an absurd request rate is refused with its limit"),
+])
+def test_non_finite_and_absurd_numbers_exit_2(tmp_path, path, value, words):
+    doc = with_path(a_workload("bad", namespace="factory").raw(), path, value)
+    file = tmp_path / "bad.yaml"
+    file.write_text(yaml.safe_dump(doc))
+    run = hetplace("explain", "-f", file, "--pools", FACTORY / "pools")
+    assert run.returncode == 2, run.stderr
+    assert words in run.stderr and "Traceback" not in run.stderr
+
+
+def test_a_node_price_over_the_limit_exits_2(tmp_path):
+    pool = yaml.safe_load((FACTORY / "pools" / "gpu-cloud-eu.yaml").read_text())
+    pool["spec"]["cost"] = {"hourly": 1e12}
+    (tmp_path / "pool.yaml").write_text(yaml.safe_dump(pool))
+    run = hetplace("explain", "-f", FACTORY / "workload.yaml", "--pools", tmp_path / "pool.yaml")
+    assert run.returncode == 2 and "spec.cost.hourly" in run.stderr and "1000" in run.stderr

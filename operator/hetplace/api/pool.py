@@ -22,6 +22,9 @@ from hetplace.api.wire import (
 Hardware = Literal["gpu", "cpu", "arm"]
 
 MAX_LINKS = 256
+# A node-hour above this is a typo, and keeps every sum of costs exact in the engine's integers.
+MAX_NODE_COST_PER_HOUR = 1000
+HOURS_PER_YEAR = 8760
 MAX_TOLERATIONS = 32
 MAX_NAMESPACES = 64
 
@@ -64,21 +67,50 @@ class Accelerator(SpecModel):
     """Human-readable model, e.g. L4 or Jetson-Orin-Nano."""
 
 
+def tco_cost_per_hour(
+    capex: float,
+    amortization_years: float,
+    power_watts: float,
+    pue: float,
+    electricity_per_kwh: float,
+    opex_per_hour: float,
+) -> float:
+    """Owned hardware: amortised purchase + energy at the facility's PUE + running costs."""
+    return (
+        capex / (amortization_years * HOURS_PER_YEAR)
+        + power_watts / 1000.0 * pue * electricity_per_kwh
+        + opex_per_hour
+    )
+
+
 class Tco(SpecModel):
     """Total cost of ownership of one owned node, turned into a price per node-hour."""
 
-    capex: float = Field(ge=0)
+    capex: float = Field(ge=0, le=10_000_000)
     """Purchase price of one node."""
     amortization_years: float = Field(gt=0, le=50)
     """Years over which the purchase price is spread."""
-    power_watts: float = Field(ge=0)
+    power_watts: float = Field(ge=0, le=1_000_000)
     """Average power draw of one node in watts."""
     pue: float = Field(default=1.0, ge=1, le=5)
     """Power usage effectiveness of the site (1.0 = no overhead)."""
-    electricity_per_kwh: float = Field(ge=0, alias="electricityPerKWh")
+    electricity_per_kwh: float = Field(ge=0, le=100, alias="electricityPerKWh")
     """Price of one kWh."""
-    opex_per_hour: float = Field(default=0, ge=0)
+    opex_per_hour: float = Field(default=0, ge=0, le=MAX_NODE_COST_PER_HOUR)
     """Other running costs per node-hour (space, support, network)."""
+
+    @property
+    def cost_per_hour(self) -> float:
+        """The price of one node-hour this TCO comes to."""
+        return tco_cost_per_hour(self.capex, self.amortization_years, self.power_watts, self.pue,
+                                 self.electricity_per_kwh, self.opex_per_hour)
+
+    @model_validator(mode="after")
+    def _priced_in_range(self) -> Tco:
+        if self.cost_per_hour > MAX_NODE_COST_PER_HOUR:
+            raise fail_at([], round(self.cost_per_hour, 2),
+                          f"comes to ${self.cost_per_hour:.2f} per node-hour, over the ${MAX_NODE_COST_PER_HOUR} limit")
+        return self
 
 
 class Cost(SpecModel):
@@ -86,7 +118,7 @@ class Cost(SpecModel):
 
     model_config = cel_rule("has(self.hourly) != has(self.tco)", "set exactly one of hourly or tco")
 
-    hourly: float | None = Field(default=None, ge=0)
+    hourly: float | None = Field(default=None, ge=0, le=MAX_NODE_COST_PER_HOUR)
     """Price per node-hour (cloud list or reserved price)."""
     tco: Tco | None = None
     """Total cost of ownership, for owned hardware."""
@@ -104,7 +136,7 @@ class Link(SpecModel):
 
     site: Token
     """The site requests come from."""
-    bandwidth_kbps: float = Field(gt=0, alias="bandwidthKBps")
+    bandwidth_kbps: float = Field(gt=0, le=1e9, alias="bandwidthKBps")
     """Usable bandwidth in KB/s (1 KB = 1000 bytes)."""
     rtt_ms: float = Field(ge=0, le=60000)
     """Round-trip time in milliseconds."""

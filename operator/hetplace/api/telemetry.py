@@ -23,7 +23,7 @@ class TrafficObservation(SpecModel):
     workload: str = Field(max_length=127, pattern=WORKLOAD_REF_PATTERN)
     """NAMESPACE/NAME of the workload, or NAME for one in "default"."""
     site: Token
-    requests_per_second: float = Field(ge=0)
+    requests_per_second: float = Field(ge=0, le=1_000_000)
 
     @property
     def workload_key(self) -> str:

@@ -35,7 +35,7 @@ class WireModel(BaseModel):
 class SpecModel(WireModel):
     """What users write: unknown fields are typos, and types are not coerced (as the API server)."""
 
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
 class StatusModel(WireModel):

@@ -41,7 +41,7 @@ class Encoding(SpecModel):
 
     name: Token
     """Encoding name, e.g. raw or compressed."""
-    request_bytes: int = Field(gt=0)
+    request_bytes: int = Field(gt=0, le=10**10)
     """Size of one request in bytes."""
     accuracy_delta: float = Field(default=0.0, ge=-1, le=1)
     """Change of accuracy when clients send this encoding (negative = worse)."""
@@ -56,9 +56,9 @@ class Profile(SpecModel):
         ".tailLatencyMs",
     )
 
-    latency_ms: float = Field(gt=0)
+    latency_ms: float = Field(gt=0, le=3_600_000)
     """Mean service time of one request in milliseconds."""
-    tail_latency_ms: float | None = Field(default=None, gt=0)
+    tail_latency_ms: float | None = Field(default=None, gt=0, le=3_600_000)
     """Tail (p90 and above) service time in milliseconds; defaults to latencyMs."""
     concurrency: int = Field(default=1, ge=1, le=1024)
     """Requests one replica serves at once (Triton instances x dynamic batching)."""
@@ -86,7 +86,7 @@ class Variant(SpecModel):
 class Slo(SpecModel):
     """The latency objective at a percentile, and the accuracy floor."""
 
-    latency_ms: float = Field(gt=0)
+    latency_ms: float = Field(gt=0, le=3_600_000)
     """End-to-end latency objective (network + queue + compute) in milliseconds."""
     percentile: float = Field(default=99, gt=0, lt=100)
     """Percentile of requests that must meet latencyMs."""
@@ -99,7 +99,7 @@ class Traffic(SpecModel):
 
     site: Token
     """The client site."""
-    requests_per_second: float = Field(ge=0)
+    requests_per_second: float = Field(ge=0, le=1_000_000)
     """Requests per second from this site."""
 
 
@@ -150,7 +150,7 @@ class Policy(SpecModel):
 
     objective: Literal["MinCost", "MinLatency"] = "MinCost"
     """MinCost: cheapest placement meeting the SLO. MinLatency: lowest worst-route latency within maxCostPerHour."""
-    max_cost_per_hour: float | None = Field(default=None, ge=0)
+    max_cost_per_hour: float | None = Field(default=None, ge=0, le=10_000_000)
     """Budget for the whole workload per hour; unset = no budget."""
     max_utilization: float = Field(default=0.8, gt=0, le=1)
     """Highest planned utilisation of a replica's servers."""
@@ -167,7 +167,7 @@ class InferenceWorkloadSpec(SpecModel):
     """A model to serve where its traffic comes from, within its SLO, accuracy floor and budget."""
 
     model: ModelRef
-    response_bytes: int = Field(default=0, ge=0)
+    response_bytes: int = Field(default=0, ge=0, le=10**10)
     """Size of one response in bytes."""
     encodings: Annotated[list[Encoding], _keyed("name", MAX_ENCODINGS)]
     """Request encodings clients can send, in preference order; the first is the default."""

@@ -4,26 +4,10 @@ from __future__ import annotations
 
 import math
 
+from hetplace.api.pool import tco_cost_per_hour  # noqa: F401 - the formula belongs to the spec
 from hetplace.engine.snapshot import Pool, Resources
 
-HOURS_PER_YEAR = 8760.0
 _FIT_EPSILON = 1e-9
-
-
-def tco_cost_per_hour(
-    capex: float,
-    amortization_years: float,
-    power_watts: float,
-    pue: float,
-    electricity_per_kwh: float,
-    opex_per_hour: float,
-) -> float:
-    """Owned hardware: amortised purchase + energy at the facility's PUE + running costs."""
-    return (
-        capex / (amortization_years * HOURS_PER_YEAR)
-        + power_watts / 1000.0 * pue * electricity_per_kwh
-        + opex_per_hour
-    )
 
 
 def dominant_share(request: Resources, node: Resources) -> float:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from hetplace.api.pool import ComputePoolSpec
 from hetplace.api.workload import InferenceWorkloadSpec
-from hetplace.engine.cost import tco_cost_per_hour
 from hetplace.engine.snapshot import Encoding, LinkState, Pool, Resources, Traffic, Variant, Workload
 
 
@@ -12,9 +11,7 @@ def node_cost_per_hour(spec: ComputePoolSpec) -> float:
     """The declared price of one node-hour: the hourly price, or the TCO turned into one."""
     if spec.cost.hourly is not None:
         return spec.cost.hourly
-    t = spec.cost.tco
-    return tco_cost_per_hour(t.capex, t.amortization_years, t.power_watts, t.pue, t.electricity_per_kwh,
-                             t.opex_per_hour)
+    return spec.cost.tco.cost_per_hour
 
 
 def pool_from_spec(name: str, spec: ComputePoolSpec, down: bool = False) -> Pool:
