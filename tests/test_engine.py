@@ -326,3 +326,23 @@ def test_local_search_is_never_worse_than_serving_everyone_from_one_group():
         single = evaluate(w, snap, {t.site: (pool, "openvino-int8") for t in w.traffic})
         assert single.feasible
         assert found.worst_latency_ms <= single.worst_latency_ms + 1e-9
+
+
+def test_a_placed_workload_takes_capacity_and_bandwidth_from_the_next():
+    from hetplace.engine.usage import with_placed
+
+    w, pools = factory()
+    snap = Snapshot(pools)
+    first = solve(w, snap)
+    after = with_placed(snap, w, first)
+    assert after.pool_used["cpu-cloud-eu"].cpu_cores == 12          # 3 replicas x 4 cpu
+    assert after.link_load_bytes_per_s[("factory-eu-1", "cpu-cloud-eu")] == pytest.approx(20 * 33830)
+    second = solve(dataclasses.replace(w, name="defect-detector-2"), after)
+    # a second compressed stream would load the factory uplink to 68% and push its latency to
+    # ~160 ms, so the second copy's factory traffic goes to the Arm box
+    got = routes(second)
+    assert got["factory-eu-1"][:4] == ("arm-factory-eu-1", "trt-int8-orin", 1, "raw")
+    assert got["cloud-eu"][:4] == ("cpu-cloud-eu", "openvino-int8", 3, "raw")
+    # and a third finds the CPU pool full (8 nodes, 6 taken) and the Arm box taken
+    third = solve(dataclasses.replace(w, name="defect-detector-3"), with_placed(after, w, second))
+    assert {g.pool for g in third.groups} == {"gpu-cloud-eu"}

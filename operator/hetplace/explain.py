@@ -18,6 +18,7 @@ from hetplace.engine import Decision, Snapshot, assignment_of, describe_moves, e
 from hetplace.engine.from_api import pool_from_spec, workload_from_spec
 from hetplace.engine.observed import LinkObservation, TrafficObservation, with_links, with_traffic
 from hetplace.engine.snapshot import Pool, Workload
+from hetplace.engine.usage import with_placed
 
 
 @dataclass(frozen=True)
@@ -81,8 +82,15 @@ def observe(pools: tuple[Pool, ...], workloads: list[Workload], telemetry_path: 
 
 
 def decide(workloads: list[Workload], pools: tuple[Pool, ...]) -> list[Case]:
-    snapshot = Snapshot(pools)
-    return [Case(w, solve(w, snapshot)) for w in workloads]
+    """Decide the workloads in file order; each one's placement takes capacity and link bandwidth
+    from those after it, as in a cluster where they arrive one by one."""
+    snapshot, cases = Snapshot(pools), []
+    for w in workloads:
+        decision = solve(w, snapshot)
+        cases.append(Case(w, decision))
+        if decision.feasible:
+            snapshot = with_placed(snapshot, w, decision)
+    return cases
 
 
 def what_moved(before: Case, after: Case, pools_after: tuple[Pool, ...]) -> list[str]:

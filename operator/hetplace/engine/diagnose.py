@@ -121,10 +121,16 @@ def explain_rejections(
             servable = [t.site for s, t in enumerate(sites) if table.feasible[g, 1 << s]]
             scope = "every site" if len(servable) == len(sites) else "only " + ", ".join(servable)
             with_it = float(cheapest_with[g])
-            reason = (f"meets the SLO for {scope}; a placement using it costs at least "
-                      f"${with_it:.4f}/h (+${with_it - chosen_cost:.4f}/h)" if np.isfinite(with_it) else
-                      f"meets the SLO for {scope}, but the other sites cannot then be served within "
-                      f"spec.constraints.maxPools={w.max_pools}")
+            if not np.isfinite(with_it):
+                reason = (f"meets the SLO for {scope}, but the other sites cannot then be served within "
+                          f"spec.constraints.maxPools={w.max_pools}")
+            elif w.objective == "MinLatency":
+                worst = max(r.predicted_latency_ms for p in chosen for r in p.routes)
+                reason = (f"meets the SLO for {scope}; not on the fastest placement within budget "
+                          f"(worst p{w.percentile:g} {worst:.1f} ms)")
+            else:
+                reason = (f"meets the SLO for {scope}; a placement using it costs at least "
+                          f"${with_it:.4f}/h (+${with_it - chosen_cost:.4f}/h)")
             out.append(Rejection(c.pool.name, c.variant.name, "Objective", reason))
         else:
             misses = [m for s, t in enumerate(sites) if (m := near_miss(w, g, s, t, c, routes, best_compute[g, s]))]
