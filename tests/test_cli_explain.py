@@ -159,3 +159,23 @@ def test_a_node_price_over_the_limit_exits_2(tmp_path):
     (tmp_path / "pool.yaml").write_text(yaml.safe_dump(pool))
     run = hetplace("explain", "-f", FACTORY / "workload.yaml", "--pools", tmp_path / "pool.yaml")
     assert run.returncode == 2 and "spec.cost.hourly" in run.stderr and "1000" in run.stderr
+
+
+def test_compare_as_json_holds_both_decisions_and_the_moves():
+    run = explain_factory("--telemetry", FACTORY / "telemetry-250kbps.yaml", "--compare", "-o", "json")
+    assert run.returncode == 0, run.stderr
+    doc = json.loads(run.stdout)
+    assert list(doc) == ["declared", "observed", "moves"]
+    assert doc["declared"]["costPerHour"] == pytest.approx(0.534, abs=1e-6)
+    assert doc["observed"]["costPerHour"] == pytest.approx(0.5831, abs=5e-5)
+    assert doc["moves"][0].startswith("factory-eu-1 moves from cpu-cloud-eu/openvino-int8")
+
+
+def test_several_workloads_in_one_file_share_the_pools(tmp_path):
+    doc = yaml.safe_load((FACTORY / "workload.yaml").read_text())
+    docs = [dict(doc, metadata={"name": f"detector-{i}", "namespace": "factory"}) for i in range(3)]
+    (tmp_path / "w.yaml").write_text(yaml.safe_dump_all(docs))
+    run = hetplace("explain", "-f", tmp_path / "w.yaml", "--pools", FACTORY / "pools", "-o", "json")
+    assert run.returncode == 0, run.stderr
+    pools_used = [{p["pool"] for p in d["placements"]} for d in json.loads(run.stdout)]
+    assert pools_used == [{"cpu-cloud-eu"}, {"cpu-cloud-eu", "arm-factory-eu-1"}, {"gpu-cloud-eu"}]

@@ -150,7 +150,7 @@ def test_a_telemetry_file_reads_links_and_traffic(tmp_path: Path) -> None:
     telemetry = load_telemetry(write(tmp_path, "t.yaml", text=TELEMETRY))
     assert [(link.site, link.pool, link.bandwidth_kbps) for link in telemetry.links] == [
         ("factory-eu-1", "gpu-cloud-eu", 250), ("factory-eu-1", "cpu-cloud-eu", 250)]
-    assert [row.workload_key for row in telemetry.traffic] == ["factory/defect-detector", "default/detector"]
+    assert [row.workload for row in telemetry.traffic] == ["factory/defect-detector", "detector"]
 
 
 def test_a_telemetry_file_with_only_links_is_enough(tmp_path: Path) -> None:

@@ -57,7 +57,8 @@ def main() -> None:
 @click.option("--telemetry", "telemetry_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Observed links and traffic that override the declared ones.")
 @click.option("--compare", is_flag=True,
-              help="With --telemetry: also decide on the declared values and say what moved and why.")
+              help="With --telemetry: also decide on the declared values and say what moved and why "
+                   "(json/yaml: {declared, observed, moves}).")
 @click.option("-o", "--output", type=click.Choice(["table", "json", "yaml"]), default="table", show_default=True)
 @user_errors
 def explain(workload_file: Path, pools_path: Path | None, telemetry_path: Path | None, compare: bool,
@@ -90,6 +91,9 @@ def explain(workload_file: Path, pools_path: Path | None, telemetry_path: Path |
             ex.print_cases(console, cases)
     else:
         docs = [ex.decision_json(c.decision) for c in cases]
+        if before is not None:   # the decision on declared values, on observed ones, and what moved
+            docs = [{"declared": ex.decision_json(old.decision), "observed": doc,
+                     "moves": ex.what_moved(old, new, pools)} for old, new, doc in zip(before, cases, docs)]
         payload = docs[0] if len(docs) == 1 else docs
         if output == "json":
             click.echo(json.dumps(payload, indent=2))

@@ -21,14 +21,9 @@ class TrafficObservation(SpecModel):
     """Request rate measured from a client site for a workload; overrides the workload's traffic."""
 
     workload: str = Field(max_length=127, pattern=WORKLOAD_REF_PATTERN)
-    """NAMESPACE/NAME of the workload, or NAME for one in "default"."""
+    """NAMESPACE/NAME of the workload, or NAME when only one workload has that name."""
     site: Token
     requests_per_second: float = Field(ge=0, le=1_000_000)
-
-    @property
-    def workload_key(self) -> str:
-        """NAMESPACE/NAME, with "default" filled in."""
-        return self.workload if "/" in self.workload else f"default/{self.workload}"
 
 
 class TelemetryFile(SpecModel):

@@ -23,6 +23,7 @@ from hetplace.engine.decision import Decision, GroupPlan, Rejection
 from hetplace.engine.diagnose import explain_infeasible, explain_rejections
 from hetplace.engine.filters import first_group_rejection
 from hetplace.engine.latency_frontier import at_level, frontier_table
+from hetplace.engine.local_search import solve_many_sites
 from hetplace.engine.groups import (
     INFEASIBLE_COST,
     NANO,
@@ -272,8 +273,6 @@ def solve(w: Workload, snap: Snapshot) -> Decision:
     cands = candidates(w, snap, passed)
     k = len(sites)
     if k > EXACT_SITE_LIMIT:
-        from hetplace.engine.local_search import solve_many_sites
-
         return solve_many_sites(w, snap, sites, cands, rejected)
     routes = route_table(w, snap, sites, cands)
     groups = max(1, min(w.max_pools, k))

@@ -26,20 +26,22 @@ def erlang_c_array(servers: np.ndarray, offered_load: np.ndarray) -> np.ndarray:
     return np.where(a > 0, np.clip(wait, 0.0, 1.0), 0.0)
 
 
-def service_quantile_s(latency_ms: float, tail_latency_ms: float, percentile: float) -> float:
+def service_quantile_s(latency_ms, tail_latency_ms, percentile: float):
     """The service time at the SLO percentile: the tail profile from p90 up, else the mean."""
     return (tail_latency_ms if percentile >= 90 else latency_ms) / 1000.0
 
 
 def compute_latency_s(
     replicas: np.ndarray,
-    concurrency: int,
+    concurrency: int | np.ndarray,
     arrival_rate: np.ndarray,
-    latency_ms: float,
-    tail_latency_ms: float,
+    latency_ms: float | np.ndarray,
+    tail_latency_ms: float | np.ndarray,
     percentile: float,
 ) -> np.ndarray:
     """Wait quantile + service quantile for each (replicas, arrival rate); inf where overloaded.
+
+    Every argument but the percentile broadcasts, so candidates of different variants go at once.
 
     Callers apply the utilisation cap; this only requires the queue to be stable.
     """
