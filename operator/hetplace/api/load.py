@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,17 @@ KINDS: dict[str, type[ComputePool] | type[InferenceWorkload]] = {
 DEFAULT_NAMESPACE = "default"
 
 Model = TypeVar("Model", bound=BaseModel)
+
+
+class ManifestLoader(yaml.SafeLoader):
+    """YAML as Kubernetes reads it: numbers like 1e2 or 5E-3 are numbers (YAML 1.2), not strings."""
+
+
+ManifestLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
 
 
 @dataclass(frozen=True)
@@ -169,7 +181,7 @@ def _read(path: Path) -> list[_Document]:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as error:
         raise InvalidObject([Problem(None, None, f"cannot read: {error}")], source=source) from None
-    loader = yaml.SafeLoader(text)
+    loader = ManifestLoader(text)
     documents = []
     try:
         while loader.check_node():

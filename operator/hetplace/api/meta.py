@@ -15,7 +15,7 @@ class ObjectMeta(WireModel):
     model_config = ConfigDict(extra="ignore")
 
     name: str = Field(min_length=1, max_length=253)
-    namespace: str | None = None
+    namespace: str | None = Field(default=None, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
     labels: dict[str, str] = Field(default_factory=dict)
     annotations: dict[str, str] = Field(default_factory=dict)
     generation: int | None = None

@@ -14,10 +14,20 @@ from hetplace.engine.snapshot import Traffic, Workload
 
 @dataclass(frozen=True)
 class NearMiss:
-    """The closest a route came to feasible; `ratio` > 1 says by how much it missed."""
+    """The closest a route came to feasible; `ratio` > 1 says by how much it missed.
 
+    Misses of different kinds are not comparable by ratio, so `kind` orders them first: a route
+    that only misses the latency is closer than one that needs more replicas than allowed, which
+    is closer than one whose link cannot carry it at all.
+    """
+
+    kind: int        # 0 latency, 1 replicas, 2 link
     ratio: float
     text: str
+
+    @property
+    def closeness(self) -> tuple[int, float, str]:
+        return (self.kind, self.ratio, self.text)
 
 
 def best_case_compute_s(w: Workload, sites: tuple[Traffic, ...], cands: list[Candidate]) -> np.ndarray:
@@ -45,20 +55,20 @@ def near_miss(w: Workload, g: int, s: int, t: Traffic, cand: Candidate, routes: 
         if not np.isfinite(util):
             continue  # no link or accuracy too low: not a near miss, a hard rejection
         if not np.isfinite(net_s):
-            miss = NearMiss(util / w.max_link_utilization,
+            miss = NearMiss(2, util / w.max_link_utilization,
                             f"{label} with {enc.name} would load the link to {util:.0%}, "
                             f"over spec.policy.maxLinkUtilization {w.max_link_utilization:.0%}")
         elif load > w.max_utilization * servers + 1e-9:
-            miss = NearMiss(load / (w.max_utilization * servers),
+            miss = NearMiss(1, load / (w.max_utilization * servers),
                             f"{label} would need more than {most} replicas "
                             f"(at most {most} fit or are allowed by spec.replicas.max)")
         else:
             latency_ms = (net_s + compute_s) * 1000.0
-            miss = NearMiss(latency_ms / w.slo_latency_ms,
+            miss = NearMiss(0, latency_ms / w.slo_latency_ms,
                             f"{label} with {enc.name} predicts p{w.percentile:g} {latency_ms:.1f} ms with "
                             f"{most} replicas, {latency_ms - w.slo_latency_ms:.1f} ms over the "
                             f"{w.slo_latency_ms:g} ms SLO")
-        if best is None or miss.ratio < best.ratio:
+        if best is None or miss.closeness < best.closeness:
             best = miss
     return best
 
@@ -67,7 +77,7 @@ def _site_miss(w: Workload, sites: tuple[Traffic, ...], s: int, cands: list[Cand
     best_compute = best_case_compute_s(w, sites, cands)
     misses = [m for g, c in enumerate(cands) if (m := near_miss(w, g, s, sites[s], c, routes, best_compute[g, s]))]
     if misses:
-        return "closest: " + min(misses, key=lambda m: (m.ratio, m.text)).text
+        return "closest: " + min(misses, key=lambda m: m.closeness).text
     hard = sorted({v.reason for g in range(len(cands)) for v in routes.verdicts(w, sites, cands, g, s)})
     return "; ".join(hard[:3]) if hard else "no pool passes the filters"
 
@@ -135,7 +145,7 @@ def explain_rejections(
         else:
             misses = [m for s, t in enumerate(sites) if (m := near_miss(w, g, s, t, c, routes, best_compute[g, s]))]
             if misses:
-                reason = "no site meets the SLO here; closest: " + min(misses, key=lambda m: m.ratio).text
+                reason = "no site meets the SLO here; closest: " + min(misses, key=lambda m: m.closeness).text
                 out.append(Rejection(c.pool.name, c.variant.name, "Latency", reason))
             else:
                 reasons = sorted({v.reason for s in range(len(sites)) for v in routes.verdicts(w, sites, cands, g, s)})
