@@ -76,6 +76,8 @@ def frontier_table(
         slowest_best = np.where(inside, routes.best_seconds[g_all], -math.inf).max(axis=1)       # (F,)
         fits = slots[g_all]
         fastest_leg, slowest_leg = slowest_best.min(), flat[np.isfinite(flat)].max()
+        ordered = np.sort(flat, axis=1)                                     # each entry's legs, fastest first
+        entries = np.arange(len(g_all))
         for col in range(reps.shape[1]):
             r, t_comp = reps[ts_all, col], secs[ts_all, col]                                      # (F,)
             upper = slo_s - t_comp + EPS_S
@@ -83,8 +85,9 @@ def frontier_table(
             if not ((upper >= fastest_leg) & (lower < slowest_leg)).any():
                 continue                                                    # no leg can need exactly r
             floor = np.maximum(slowest_best, np.nextafter(lower, math.inf))
-            ok = (flat >= floor[:, None]) & (flat <= upper[:, None])
-            d = np.min(flat, axis=1, where=ok, initial=math.inf)            # the smallest D needing r replicas
+            first = np.minimum((ordered < floor[:, None]).sum(axis=1), k * E - 1)
+            d = ordered[entries, first]                                     # the smallest D needing r replicas
+            d = np.where((d >= floor) & (d <= upper), d, math.inf)
             live = np.nonzero(np.isfinite(d) & np.isfinite(t_comp) & (r <= fits) & (r >= 1))[0]
             if len(live) == 0:
                 continue
