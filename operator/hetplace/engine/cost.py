@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 from hetplace.api.pool import tco_cost_per_hour  # noqa: F401 - the formula belongs to the spec
@@ -46,13 +47,17 @@ def replicas_per_node(request: Resources, node: Resources) -> int:
 
 def replicas_that_fit(pool: Pool, request: Resources, used: Resources) -> int:
     """Replicas the pool can still take: bounded by whole nodes and by what others already use."""
-    by_nodes = pool.node_count * replicas_per_node(request, pool.node)
+    return _replicas_that_fit(pool.node, pool.node_count, request, used)
+
+
+@functools.lru_cache(maxsize=4096)
+def _replicas_that_fit(node: Resources, node_count: int, request: Resources, used: Resources) -> int:
+    by_nodes = node_count * replicas_per_node(request, node)
+    if not any(v > 0 for v in (request.cpu_cores, request.memory_bytes, request.accelerators)):
+        return by_nodes
     free = Resources(
-        pool.capacity.cpu_cores - used.cpu_cores,
-        pool.capacity.memory_bytes - used.memory_bytes,
-        pool.capacity.accelerators - used.accelerators,
+        node.cpu_cores * node_count - used.cpu_cores,
+        node.memory_bytes * node_count - used.memory_bytes,
+        node.accelerators * node_count - used.accelerators,
     )
-    by_free = replicas_per_node(request, free) if any(
-        v > 0 for v in (request.cpu_cores, request.memory_bytes, request.accelerators)
-    ) else by_nodes
-    return max(0, min(by_nodes, by_free))
+    return max(0, min(by_nodes, replicas_per_node(request, free)))

@@ -12,72 +12,80 @@ from hetplace.engine.queueing import compute_latency_s
 from hetplace.engine.snapshot import Traffic, Workload
 
 
-@dataclass(frozen=True)
-class NearMiss:
-    """The closest a route came to feasible; `ratio` > 1 says by how much it missed.
+LATENCY, REPLICAS, LINK, NONE = 0, 1, 2, 3
 
-    Misses of different kinds are not comparable by ratio, so `kind` orders them first: a route
-    that only misses the latency is closer than one that needs more replicas than allowed, which
-    is closer than one whose link cannot carry it at all.
+
+@dataclass
+class Misses:
+    """How close every route (candidate g, site s, encoding e) comes to feasible, on its own.
+
+    Best case: the site alone on the candidate with every replica the pool and spec allow.
+    `kind` orders misses that ratios cannot compare: a route that only misses the latency is
+    closer than one needing more replicas than allowed, which is closer than one its link cannot
+    carry; NONE marks hard rejections (no link, accuracy). `ratio` > 1 says by how much it missed.
     """
 
-    kind: int        # 0 latency, 1 replicas, 2 link
-    ratio: float
-    text: str
+    w: Workload
+    sites: tuple[Traffic, ...]
+    cands: list[Candidate]
+    routes: RouteTable
+    kind: np.ndarray         # (G, k, E)
+    ratio: np.ndarray        # (G, k, E)
+    latency_ms: np.ndarray   # (G, k, E) best-case latency where kind is LATENCY
+    most: np.ndarray         # (G,) replicas allowed
 
-    @property
-    def closeness(self) -> tuple[int, float, str]:
-        return (self.kind, self.ratio, self.text)
+    def closest(self, g: slice | int | np.ndarray, s: slice | int | np.ndarray) -> tuple[int, int, int] | None:
+        """(g, s, e) of the closest miss within the given candidates and sites, or None."""
+        kind, ratio = self.kind[g, s], self.ratio[g, s]
+        shape = self.kind.shape
+        grid = np.stack(np.meshgrid(np.arange(shape[0])[g], np.arange(shape[1])[s], np.arange(shape[2]),
+                                    indexing="ij"), axis=-1).reshape(-1, 3)
+        order = np.lexsort((ratio.reshape(-1), kind.reshape(-1)))
+        first = order[0]
+        return None if kind.reshape(-1)[first] == NONE else tuple(int(i) for i in grid[first])
+
+    def describe(self, g: int, s: int, e: int) -> str:
+        w, cand = self.w, self.cands[g]
+        label = f"{self.sites[s].site} -> {cand.pool.name}/{cand.variant.name}"
+        kind, most = self.kind[g, s, e], int(self.most[g])
+        if kind == LINK:
+            return (f"{label} with {w.encodings[e].name} would load the link to {self.routes.utilization[g, s, e]:.0%}, "
+                    f"over spec.policy.maxLinkUtilization {w.max_link_utilization:.0%}")
+        if kind == REPLICAS:
+            return f"{label} would need more than {most} replicas (at most {most} fit or are allowed by spec.replicas.max)"
+        ms = float(self.latency_ms[g, s, e])
+        return (f"{label} with {w.encodings[e].name} predicts p{w.percentile:g} {ms:.1f} ms with {most} replicas, "
+                f"{ms - w.slo_latency_ms:.1f} ms over the {w.slo_latency_ms:g} ms SLO")
 
 
-def best_case_compute_s(w: Workload, sites: tuple[Traffic, ...], cands: list[Candidate]) -> np.ndarray:
-    """(G, k): compute latency of each site alone on each candidate with every replica allowed."""
-    most = np.array([max(1, min(c.replicas_that_fit, w.replicas_max)) for c in cands], dtype=float)[:, None]
-    concurrency = np.array([c.variant.concurrency for c in cands], dtype=float)[:, None]
-    latency = np.array([c.variant.latency_ms for c in cands])[:, None]
-    tail = np.array([c.variant.tail_latency_ms for c in cands])[:, None]
-    rps = np.array([t.requests_per_second for t in sites])[None, :]
-    return compute_latency_s(most, concurrency, np.broadcast_to(rps, (len(cands), len(sites))), latency, tail,
-                             w.percentile)
-
-
-def near_miss(w: Workload, g: int, s: int, t: Traffic, cand: Candidate, routes: RouteTable,
-              compute_s: float) -> NearMiss | None:
-    """Best case for site s on candidate g alone: every replica the pool and spec allow."""
-    label = f"{t.site} -> {cand.pool.name}/{cand.variant.name}"
-    most = max(1, min(cand.replicas_that_fit, w.replicas_max))
-    load = t.requests_per_second * cand.variant.latency_ms / 1000.0
-    servers = most * cand.variant.concurrency
-    best: NearMiss | None = None
-    for e, enc in enumerate(w.encodings):
-        util = float(routes.utilization[g, s, e])
-        net_s = float(routes.seconds[g, s, e])
-        if not np.isfinite(util):
-            continue  # no link or accuracy too low: not a near miss, a hard rejection
-        if not np.isfinite(net_s):
-            miss = NearMiss(2, util / w.max_link_utilization,
-                            f"{label} with {enc.name} would load the link to {util:.0%}, "
-                            f"over spec.policy.maxLinkUtilization {w.max_link_utilization:.0%}")
-        elif load > w.max_utilization * servers + 1e-9:
-            miss = NearMiss(1, load / (w.max_utilization * servers),
-                            f"{label} would need more than {most} replicas "
-                            f"(at most {most} fit or are allowed by spec.replicas.max)")
-        else:
-            latency_ms = (net_s + compute_s) * 1000.0
-            miss = NearMiss(0, latency_ms / w.slo_latency_ms,
-                            f"{label} with {enc.name} predicts p{w.percentile:g} {latency_ms:.1f} ms with "
-                            f"{most} replicas, {latency_ms - w.slo_latency_ms:.1f} ms over the "
-                            f"{w.slo_latency_ms:g} ms SLO")
-        if best is None or miss.closeness < best.closeness:
-            best = miss
-    return best
+def misses(w: Workload, sites: tuple[Traffic, ...], cands: list[Candidate], routes: RouteTable) -> Misses:
+    most = np.array([max(1, min(c.replicas_that_fit, w.replicas_max)) for c in cands], dtype=float)
+    concurrency = np.array([c.variant.concurrency for c in cands], dtype=float)
+    latency = np.array([c.variant.latency_ms for c in cands], dtype=float)
+    tail = np.array([c.variant.tail_latency_ms for c in cands], dtype=float)
+    rps = np.array([t.requests_per_second for t in sites], dtype=float)
+    shape = (len(cands), len(sites))
+    compute_s = compute_latency_s(most[:, None], concurrency[:, None], np.broadcast_to(rps[None, :], shape),
+                                  latency[:, None], tail[:, None], w.percentile)                  # (G, k)
+    load = rps[None, :] * latency[:, None] / 1000.0
+    allowed_load = w.max_utilization * (most * concurrency)[:, None]
+    latency_ms = (routes.seconds + compute_s[:, :, None]) * 1000.0                                # (G, k, E)
+    over_link = ~np.isfinite(routes.seconds)
+    over_replicas = np.broadcast_to((load > allowed_load + 1e-9)[:, :, None], routes.seconds.shape)
+    kind = np.where(over_link, LINK, np.where(over_replicas, REPLICAS, LATENCY))
+    kind = np.where(np.isfinite(routes.utilization), kind, NONE)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ratio = np.where(kind == LINK, routes.utilization / w.max_link_utilization,
+                         np.where(kind == REPLICAS, np.broadcast_to((load / allowed_load)[:, :, None], kind.shape),
+                                  latency_ms / w.slo_latency_ms))
+    return Misses(w, sites, cands, routes, kind, np.where(kind == NONE, np.inf, ratio), latency_ms, most)
 
 
 def _site_miss(w: Workload, sites: tuple[Traffic, ...], s: int, cands: list[Candidate], routes: RouteTable) -> str:
-    best_compute = best_case_compute_s(w, sites, cands)
-    misses = [m for g, c in enumerate(cands) if (m := near_miss(w, g, s, sites[s], c, routes, best_compute[g, s]))]
-    if misses:
-        return "closest: " + min(misses, key=lambda m: m.closeness).text
+    found = misses(w, sites, cands, routes)
+    best = found.closest(slice(None), s) if cands else None
+    if best is not None:
+        return "closest: " + found.describe(*best)
     hard = sorted({v.reason for g in range(len(cands)) for v in routes.verdicts(w, sites, cands, g, s)})
     return "; ".join(hard[:3]) if hard else "no pool passes the filters"
 
@@ -122,7 +130,7 @@ def explain_rejections(
 ) -> list[Rejection]:
     """Why each candidate group that passed the filters is not in the placement."""
     taken = {(p.pool, p.variant) for p in chosen}
-    best_compute = best_case_compute_s(w, sites, cands)
+    found = misses(w, sites, cands, routes)
     out = []
     for g, c in enumerate(cands):
         if (c.pool.name, c.variant.name) in taken:
@@ -143,9 +151,9 @@ def explain_rejections(
                           f"${with_it:.4f}/h (+${with_it - chosen_cost:.4f}/h)")
             out.append(Rejection(c.pool.name, c.variant.name, "Objective", reason))
         else:
-            misses = [m for s, t in enumerate(sites) if (m := near_miss(w, g, s, t, c, routes, best_compute[g, s]))]
-            if misses:
-                reason = "no site meets the SLO here; closest: " + min(misses, key=lambda m: m.closeness).text
+            best = found.closest(g, slice(None))
+            if best is not None:
+                reason = "no site meets the SLO here; closest: " + found.describe(*best)
                 out.append(Rejection(c.pool.name, c.variant.name, "Latency", reason))
             else:
                 reasons = sorted({v.reason for s in range(len(sites)) for v in routes.verdicts(w, sites, cands, g, s)})

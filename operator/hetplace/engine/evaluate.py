@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Mapping
 
 from hetplace.engine.decision import Decision
-from hetplace.engine.diagnose import best_case_compute_s, near_miss
+from hetplace.engine.diagnose import misses
 from hetplace.engine.filters import first_group_rejection
 from hetplace.engine.groups import candidates, group_plan, route_table
 from hetplace.engine.local_search import fit_group
@@ -35,9 +35,11 @@ def evaluate(w: Workload, snap: Snapshot, assignment: Mapping[str, tuple[str, st
         members = tuple(s for s, t in enumerate(sites) if assignment[t.site] == pair)
         fit = fit_group(w, sites, members, g, cands[g], routes)
         if fit is None:
-            best_compute = best_case_compute_s(w, sites, cands)
-            misses = [m for s in members if (m := near_miss(w, g, s, sites[s], cands[g], routes, best_compute[g, s]))]
-            detail = max(misses, key=lambda m: m.ratio).text if misses else "a route filter fails"
+            found = misses(w, sites, cands, routes)
+            # the member route that misses worst is the one that breaks the group
+            worst = max((found.closest(g, s) for s in members), default=None,
+                        key=lambda m: (-1, 0.0) if m is None else (found.kind[m], found.ratio[m]))
+            detail = found.describe(*worst) if worst is not None else "a route filter fails"
             return Decision(w.key, False, w.objective, 0.0, (), (), f"{pair[0]}/{pair[1]} no longer meets the SLO: {detail}")
         plans.append(group_plan(w, sites, cands[g], g, routes, members, fit.encodings, fit.replicas, fit.compute_s))
     cost = sum(p.cost_per_hour for p in plans)
