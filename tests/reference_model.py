@@ -44,7 +44,7 @@ def compute_seconds(w: Workload, variant: Variant, arrivals_per_s: float, replic
     service_s = variant.latency_ms / 1000.0
     quantile_service_s = variant.tail_latency_ms / 1000.0 if w.percentile >= 90 else service_s
     servers = replicas * variant.concurrency
-    if arrivals_per_s * service_s / servers > w.max_utilization:
+    if arrivals_per_s * service_s / servers > w.max_utilization + 1e-12:  # "at or under", up to float noise
         return None
     waiting = erlang_c(servers, arrivals_per_s * service_s)
     not_late = 1.0 - w.percentile / 100.0

@@ -127,14 +127,14 @@ def _subset_max(per_site: np.ndarray) -> np.ndarray:
 
 
 def compute_table(
-    w: Workload, variant: Variant, arrival: np.ndarray, least: np.ndarray, width: int
+    w: Workload, variant: Variant, arrival: np.ndarray, least: np.ndarray, width: int, start: int = 0
 ) -> tuple[np.ndarray, np.ndarray]:
-    """For each subset's arrival rate: replicas r_lo..r_lo+width-1 and their compute latency."""
+    """For each subset's arrival rate: replicas r_lo+start..r_lo+width-1 and their compute latency."""
     r_lo = np.maximum(
         min_replicas_for_utilization(arrival, variant.latency_ms, variant.concurrency, w.max_utilization),
         least,
     )
-    replicas = r_lo[:, None] + np.arange(width)[None, :]
+    replicas = r_lo[:, None] + np.arange(start, width)[None, :]
     seconds = compute_latency_s(
         replicas, variant.concurrency, np.broadcast_to(arrival[:, None], replicas.shape),
         variant.latency_ms, variant.tail_latency_ms, w.percentile,

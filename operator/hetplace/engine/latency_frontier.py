@@ -29,14 +29,15 @@ from hetplace.engine.snapshot import Traffic, Workload
 
 def _full_compute_table(w: Workload, cand: Candidate, arrival: np.ndarray, least: int):
     """Replica columns from the utilisation floor until the queue wait vanishes or the cap is hit."""
-    width = 8
+    floor_s = service_quantile_s(cand.variant.latency_ms, cand.variant.tail_latency_ms, w.percentile)
+    reps, secs = compute_table(w, cand.variant, arrival, np.int64(least), 8)
     while True:
-        reps, secs = compute_table(w, cand.variant, arrival, np.int64(least), width)
-        floor_s = service_quantile_s(cand.variant.latency_ms, cand.variant.tail_latency_ms, w.percentile)
         still_waits = (secs[:, -1] > floor_s + EPS_S) & np.isfinite(secs[:, -1])
+        width = reps.shape[1]
         if not still_waits.any() or width >= w.replicas_max:
             return reps, secs
-        width *= 2
+        more_reps, more_secs = compute_table(w, cand.variant, arrival, np.int64(least), 2 * width, start=width)
+        reps, secs = np.hstack([reps, more_reps]), np.hstack([secs, more_secs])
 
 
 def frontier_table(
