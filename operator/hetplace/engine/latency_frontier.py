@@ -76,23 +76,30 @@ def frontier_table(
         flat = values.reshape(len(g_all), k * E)
         slowest_best = np.where(inside, routes.best_seconds[g_all], -math.inf).max(axis=1)       # (F,)
         fits = slots[g_all]
-        fastest_leg, slowest_leg = slowest_best.min(), flat[np.isfinite(flat)].max()
         ordered = np.sort(flat, axis=1)                                     # each entry's legs, fastest first
-        entries = np.arange(len(g_all))
+        # The fewest replicas (the MinCost point, slowest leg at its fastest) and its worst latency.
+        # A column with more replicas can only help if its worst latency can beat that one's, i.e.
+        # if even its fastest admissible leg plus its compute time is below it.
+        fewest = base.replicas[g_all, ts_all]
+        fewest_worst = slowest_best + base.compute_s[g_all, ts_all]
         for col in range(reps.shape[1]):
-            r, t_comp = reps[ts_all, col], secs[ts_all, col]                                      # (F,)
+            r_all, t_all = reps[ts_all, col], secs[ts_all, col]                                   # (F,)
+            lower_all = slo_s - secs[ts_all, col - 1] + EPS_S if col > 0 else np.full(len(ts_all), -math.inf)
+            with np.errstate(invalid="ignore"):   # -inf + inf where a column is out of reach: not useful
+                useful = np.nonzero((r_all == fewest) | ((r_all > fewest) & (lower_all + t_all < fewest_worst)))[0]
+            if len(useful) == 0:
+                continue
+            r, t_comp, lower = r_all[useful], t_all[useful], lower_all[useful]
             upper = slo_s - t_comp + EPS_S
-            lower = slo_s - secs[ts_all, col - 1] + EPS_S if col > 0 else np.full(len(ts_all), -math.inf)
-            if not ((upper >= fastest_leg) & (lower < slowest_leg)).any():
-                continue                                                    # no leg can need exactly r
-            floor = np.maximum(slowest_best, np.nextafter(lower, math.inf))
-            first = np.minimum((ordered < floor[:, None]).sum(axis=1), k * E - 1)
-            d = ordered[entries, first]                                     # the smallest D needing r replicas
+            floor = np.maximum(slowest_best[useful], np.nextafter(lower, math.inf))
+            first = np.minimum((ordered[useful] < floor[:, None]).sum(axis=1), k * E - 1)
+            d = ordered[useful, first]                                      # the smallest D needing r replicas
             d = np.where((d >= floor) & (d <= upper), d, math.inf)
-            live = np.nonzero(np.isfinite(d) & np.isfinite(t_comp) & (r <= fits) & (r >= 1))[0]
+            live = np.nonzero(np.isfinite(d) & np.isfinite(t_comp) & (r <= fits[useful]) & (r >= 1))[0]
             if len(live) == 0:
                 continue
-            d_live, vals, ts, g_live = d[live], values[live], ts_all[live], g_all[live]
+            at = useful[live]
+            d_live, vals, ts, g_live = d[live], values[at], ts_all[at], g_all[at]
             earliest = (vals <= d_live[:, None, None]).argmax(axis=2)                               # (L, k)
             shift = np.where(vals == d_live[:, None, None], np.arange(E)[None, None, :] - earliest[:, :, None], 10**6)
             forced = shift.reshape(len(live), k * E).argmin(axis=1)                                 # the route setting D
@@ -100,7 +107,7 @@ def frontier_table(
             chosen[np.arange(len(live)), forced // E] = forced % E
             found.append((g_live * width + col, ts, lower[live], r[live], t_comp[live],
                           np.rint(r[live] * unit[g_live] * NANO).astype(np.int64), chosen,
-                          (chosen * inside[live]).sum(axis=1), d_live + t_comp[live]))
+                          (chosen * inside[at]).sum(axis=1), d_live + t_comp[live]))
     return _compact(found, members, width)
 
 
