@@ -179,3 +179,13 @@ def test_several_workloads_in_one_file_share_the_pools(tmp_path):
     assert run.returncode == 0, run.stderr
     pools_used = [{p["pool"] for p in d["placements"]} for d in json.loads(run.stdout)]
     assert pools_used == [{"cpu-cloud-eu"}, {"cpu-cloud-eu", "arm-factory-eu-1"}, {"gpu-cloud-eu"}]
+
+
+def test_compare_gives_each_moved_site_its_own_reason():
+    folder = REPO / "manifests" / "examples" / "vqa"
+    run = hetplace("explain", "-f", folder / "workload.yaml", "--pools", folder / "pools",
+                   "--telemetry", folder / "telemetry-backhaul-congested.yaml", "--compare", "-o", "json")
+    assert run.returncode == 0, run.stderr
+    moves = {line.split()[0]: line for line in json.loads(run.stdout)["moves"]}
+    assert "city-north -> gpu-cloud-eu/trt-fp16 with raw would load the link to 135%" in moves["city-north"]
+    assert "city-south -> gpu-cloud-eu/trt-fp16 with compressed would load the link to 84%" in moves["city-south"]

@@ -15,6 +15,7 @@ from hetplace.api.load import load_manifests, load_telemetry
 from hetplace.api.models import InferenceWorkload
 from hetplace.api.telemetry import TelemetryFile
 from hetplace.engine import Decision, Snapshot, assignment_of, describe_moves, evaluate, solve
+from hetplace.engine.evaluate import encodings_of, why_sites_cannot_stay
 from hetplace.engine.from_api import pool_from_spec, workload_from_spec
 from hetplace.engine.observed import LinkObservation, TrafficObservation, with_links, with_traffic
 from hetplace.engine.snapshot import Pool, Workload
@@ -95,9 +96,11 @@ def decide(workloads: list[Workload], pools: tuple[Pool, ...]) -> list[Case]:
 
 def what_moved(before: Case, after: Case, pools_after: tuple[Pool, ...]) -> list[str]:
     """Sentences on what moved between the declared and the observed conditions, and why."""
-    old_now = evaluate(after.workload, Snapshot(pools_after), assignment_of(before.decision)) \
-        if before.decision.feasible else None
-    return describe_moves(before.decision, after.decision, old_now)
+    if not before.decision.feasible:
+        return describe_moves(before.decision, after.decision)
+    snapshot, assignment = Snapshot(pools_after), assignment_of(before.decision)
+    return describe_moves(before.decision, after.decision, evaluate(after.workload, snapshot, assignment),
+                          why_sites_cannot_stay(after.workload, snapshot, assignment, encodings_of(before.decision)))
 
 
 # --- presentation -------------------------------------------------------------------------------
