@@ -77,7 +77,7 @@ def observe(pools: tuple[Pool, ...], workloads: list[Workload], telemetry_path: 
         else:
             traffic.append(TrafficObservation(key, o.site, o.requests_per_second))
     if problems:
-        raise InvalidObject(problems, source=str(telemetry_path))
+        raise InvalidObject(problems, source=str(telemetry_path), kind="Telemetry")
     links = [LinkObservation(o.site, o.pool, o.bandwidth_kbps, o.rtt_ms) for o in telemetry.links]
     return with_links(pools, links), [with_traffic(w, traffic) for w in workloads]
 

@@ -81,7 +81,8 @@ def has_capacity(w: Workload, pool: Pool, v: Variant, snap: Snapshot) -> Verdict
     if free < least:
         return Verdict(
             "Capacity",
-            f"pool {pool.name} has room for {free} replicas of {v.name}, spec.replicas.min is {least}",
+            f"pool {pool.name} has room for {free} replicas of {v.name}, and at least {least} "
+            f"(spec.replicas.min, and never fewer than 1) must fit",
         )
     return None
 
