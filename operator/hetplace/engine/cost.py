@@ -11,20 +11,16 @@ from hetplace.engine.snapshot import Pool, Resources
 _FIT_EPSILON = 1e-9
 
 
+def _asked(request: Resources, offered: Resources) -> list[tuple[float, float]]:
+    """(requested, offered) for each resource the request actually asks for."""
+    pairs = ((request.cpu_cores, offered.cpu_cores), (request.memory_bytes, offered.memory_bytes),
+             (request.accelerators, offered.accelerators))
+    return [(asked, given) for asked, given in pairs if asked > 0]
+
+
 def dominant_share(request: Resources, node: Resources) -> float:
     """The largest fraction of one node that a replica takes (DRF-style), inf if it cannot fit."""
-    shares = []
-    for asked, offered in (
-        (request.cpu_cores, node.cpu_cores),
-        (request.memory_bytes, node.memory_bytes),
-        (request.accelerators, node.accelerators),
-    ):
-        if asked <= 0:
-            continue
-        if offered <= 0:
-            return math.inf
-        shares.append(asked / offered)
-    return max(shares, default=0.0)
+    return max((asked / given if given > 0 else math.inf for asked, given in _asked(request, node)), default=0.0)
 
 
 def replica_cost_per_hour(pool: Pool, request: Resources) -> float:
@@ -33,16 +29,9 @@ def replica_cost_per_hour(pool: Pool, request: Resources) -> float:
 
 
 def replicas_per_node(request: Resources, node: Resources) -> int:
-    """How many replicas of `request` one empty node holds."""
-    fits = []
-    for asked, offered in (
-        (request.cpu_cores, node.cpu_cores),
-        (request.memory_bytes, node.memory_bytes),
-        (request.accelerators, node.accelerators),
-    ):
-        if asked > 0:
-            fits.append(math.floor(offered / asked + _FIT_EPSILON))
-    return min(fits) if fits else 1_000_000
+    """How many replicas of `request` one empty node holds (a request for nothing fits without bound)."""
+    return min((math.floor(given / asked + _FIT_EPSILON) for asked, given in _asked(request, node)),
+               default=1_000_000)
 
 
 def replicas_that_fit(pool: Pool, request: Resources, used: Resources) -> int:
@@ -53,7 +42,7 @@ def replicas_that_fit(pool: Pool, request: Resources, used: Resources) -> int:
 @functools.lru_cache(maxsize=4096)
 def _replicas_that_fit(node: Resources, node_count: int, request: Resources, used: Resources) -> int:
     by_nodes = node_count * replicas_per_node(request, node)
-    if not any(v > 0 for v in (request.cpu_cores, request.memory_bytes, request.accelerators)):
+    if not _asked(request, node):
         return by_nodes
     free = Resources(
         node.cpu_cores * node_count - used.cpu_cores,
