@@ -77,8 +77,9 @@ class Ranking:
 
 def _ranking(table: GroupTable, cands: list[Candidate]) -> Ranking:
     G, n = table.cost_nano.shape
-    names = np.broadcast_to(np.arange(G)[None, :], (n, G))
-    order = np.lexsort((names, table.worst_s.T, table.rank_sum.T, table.cost_nano.T), axis=-1)
+    packed = np.where(table.feasible, table.cost_nano * RANK_SPAN + table.rank_sum, PACKED_INFEASIBLE)
+    # lexsort is stable, so ties keep candidate (name) order
+    order = np.lexsort((table.worst_s.T, packed.T), axis=-1)
     position = np.empty((G, n), dtype=np.int64)
     position[order, np.arange(n)[:, None]] = np.arange(G)[None, :]
     return Ranking(order, position, pool_starts(cands))
