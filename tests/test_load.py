@@ -24,12 +24,15 @@ def write(directory: Path, name: str, *documents: object, text: str | None = Non
 
 
 @pytest.mark.skipif(not EXAMPLES.is_dir(), reason="the shared examples are not beside this checkout")
-def test_the_factory_example_loads_pools_workload_and_leaves_the_scenario_alone() -> None:
+def test_the_factory_example_loads_pools_workload_and_its_scenario() -> None:
     manifests = load_manifests([EXAMPLES / "factory.yaml"])
     assert [pool.name for pool in manifests.pools] == ["gpu-cloud-eu", "cpu-cloud-eu", "arm-factory-eu-1", "gpu-cloud-us"]
     assert [workload.key for workload in manifests.workloads] == ["factory/defect-detector"]
-    assert [other["kind"] for other in manifests.others] == ["Scenario"]
-    assert manifests.others[0]["events"][0]["at"] == 900
+    (scenario,) = manifests.scenarios
+    assert (scenario.name, scenario.duration_seconds, scenario.step_seconds) == ("factory-bandwidth-drop", 3600, 60)
+    assert [(e.at, [(link.pool, link.bandwidth_kbps) for link in e.links]) for e in scenario.timeline()] == [
+        (900, [("gpu-cloud-eu", 250), ("cpu-cloud-eu", 250)]), (2700, [("gpu-cloud-eu", 2000), ("cpu-cloud-eu", 2000)])]
+    assert manifests.others == []
 
 
 def test_a_directory_is_read_recursively_in_name_order_with_both_suffixes(tmp_path: Path) -> None:

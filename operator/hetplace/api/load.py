@@ -13,12 +13,14 @@ from pydantic import BaseModel, ValidationError
 
 from hetplace.api.errors import MISSING, InvalidObject, Location, Problem, problems_from
 from hetplace.api.models import API_VERSION, ComputePool, InferenceWorkload
+from hetplace.api.scenario import Scenario
 from hetplace.api.telemetry import TelemetryFile
 
 MANIFEST_SUFFIXES = (".yaml", ".yml")
-KINDS: dict[str, type[ComputePool] | type[InferenceWorkload]] = {
+KINDS: dict[str, type[ComputePool] | type[InferenceWorkload] | type[Scenario]] = {
     "ComputePool": ComputePool,
     "InferenceWorkload": InferenceWorkload,
+    "Scenario": Scenario,
 }
 DEFAULT_NAMESPACE = "default"
 
@@ -42,6 +44,7 @@ class Manifests:
 
     pools: list[ComputePool] = field(default_factory=list)
     workloads: list[InferenceWorkload] = field(default_factory=list)
+    scenarios: list[Scenario] = field(default_factory=list)
     others: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -69,7 +72,7 @@ class _Document:
 
 
 def load_manifests(paths: list[Path]) -> Manifests:
-    """Validate every ComputePool and InferenceWorkload in the files and directories given.
+    """Validate every ComputePool, InferenceWorkload and Scenario in the files and directories given.
 
     Directories are searched recursively for *.yaml and *.yml, in name order. Names must be
     unique: a pool by name, a workload by namespace/name (namespace defaults to "default").
@@ -93,7 +96,12 @@ def load_manifests(paths: list[Path]) -> Manifests:
                 kind=kind, name=identity,
             )
         first_seen[kind, identity] = where
-        (manifests.workloads if isinstance(obj, InferenceWorkload) else manifests.pools).append(obj)
+        if isinstance(obj, InferenceWorkload):
+            manifests.workloads.append(obj)
+        elif isinstance(obj, Scenario):
+            manifests.scenarios.append(obj)
+        else:
+            manifests.pools.append(obj)
     return manifests
 
 
