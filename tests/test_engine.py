@@ -346,3 +346,16 @@ def test_a_placed_workload_takes_capacity_and_bandwidth_from_the_next():
     # and a third finds the CPU pool full (8 nodes, 6 taken) and the Arm box taken
     third = solve(dataclasses.replace(w, name="defect-detector-3"), with_placed(after, w, second))
     assert {g.pool for g in third.groups} == {"gpu-cloud-eu"}
+
+
+def test_workloads_placed_in_order_share_the_pools_and_an_infeasible_one_takes_nothing():
+    from hetplace.engine.fleet import place_in_order
+
+    w, pools = factory()
+    impossible = dataclasses.replace(w, name="impossible", slo_latency_ms=1)
+    copies = [dataclasses.replace(w, name=f"copy-{i}") for i in range(3)]
+    decided = place_in_order([copies[0], impossible, copies[1], copies[2]], Snapshot(pools))
+    assert [d.feasible for _, d in decided] == [True, False, True, True]
+    # the impossible one took nothing: the second copy sees exactly what the first left
+    assert routes(decided[2][1])["factory-eu-1"][0] == "arm-factory-eu-1"
+    assert {g.pool for g in decided[3][1].groups} == {"gpu-cloud-eu"}

@@ -19,7 +19,7 @@ from hetplace.engine.evaluate import encodings_of, why_sites_cannot_stay
 from hetplace.engine.from_api import pool_from_spec, workload_from_spec
 from hetplace.engine.observed import LinkObservation, TrafficObservation, with_links, with_traffic
 from hetplace.engine.snapshot import Pool, Workload
-from hetplace.engine.usage import with_placed
+from hetplace.engine.fleet import place_in_order
 
 
 @dataclass(frozen=True)
@@ -85,13 +85,7 @@ def observe(pools: tuple[Pool, ...], workloads: list[Workload], telemetry_path: 
 def decide(workloads: list[Workload], pools: tuple[Pool, ...]) -> list[Case]:
     """Decide the workloads in file order; each one's placement takes capacity and link bandwidth
     from those after it, as in a cluster where they arrive one by one."""
-    snapshot, cases = Snapshot(pools), []
-    for w in workloads:
-        decision = solve(w, snapshot)
-        cases.append(Case(w, decision))
-        if decision.feasible:
-            snapshot = with_placed(snapshot, w, decision)
-    return cases
+    return [Case(w, d) for w, d in place_in_order(workloads, Snapshot(pools))]
 
 
 def what_moved(before: Case, after: Case, pools_after: tuple[Pool, ...]) -> list[str]:
