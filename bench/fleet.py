@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import random
 
-from hetplace.engine.cost import tco_cost_per_hour
+from hetplace.api.pool import tco_cost_per_hour
 from hetplace.engine.snapshot import Encoding, LinkState, Pool, Resources, Snapshot, Traffic, Variant, Workload
 
 GiB = 2**30

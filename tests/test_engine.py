@@ -12,7 +12,8 @@ import pytest
 from builders import a_pool, a_workload
 from hetplace.api.load import load_manifests
 from hetplace.engine import Snapshot, assignment_of, describe_moves, evaluate, solve
-from hetplace.engine.cost import dominant_share, replicas_that_fit, tco_cost_per_hour
+from hetplace.api.pool import tco_cost_per_hour
+from hetplace.engine.cost import dominant_share, replicas_that_fit
 from hetplace.engine.from_api import pool_from_spec, workload_from_spec
 from hetplace.engine.observed import LinkObservation, with_links
 from hetplace.engine.queueing import erlang_c
@@ -256,10 +257,12 @@ IMPURE = {"kopf", "kubernetes", "requests", "urllib", "http", "socket", "aiohttp
           "tritonclient", "prometheus_client", "os", "subprocess", "random"}
 
 
-@pytest.mark.parametrize("package", ["engine", "render"])
+@pytest.mark.parametrize("package", ["engine"])   # render joins when it has code (issue #4)
 def test_pure_packages_import_no_io(package):
     root = REPO / "operator" / "hetplace" / package
-    for path in root.rglob("*.py"):
+    modules = list(root.rglob("*.py"))
+    assert len(modules) > 5
+    for path in modules:
         for node in ast.walk(ast.parse(path.read_text())):
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
                 [node.module or ""] if isinstance(node, ast.ImportFrom) else []

@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 import reference_model as reference
-from hetplace.engine.cost import tco_cost_per_hour
+from hetplace.api.pool import tco_cost_per_hour
 from hetplace.engine.decision import Decision
 from hetplace.engine.optimise import solve
 from hetplace.engine.snapshot import (

@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import math
 
-from hetplace.api.pool import tco_cost_per_hour  # noqa: F401 - the formula belongs to the spec
 from hetplace.engine.snapshot import Pool, Resources
 
 _FIT_EPSILON = 1e-9

@@ -34,15 +34,13 @@ class Misses:
     latency_ms: np.ndarray   # (G, k, E) best-case latency where kind is LATENCY
     most: np.ndarray         # (G,) replicas allowed
 
-    def closest(self, g: slice | int | np.ndarray, s: slice | int | np.ndarray) -> tuple[int, int, int] | None:
-        """(g, s, e) of the closest miss within the given candidates and sites, or None."""
-        kind, ratio = self.kind[g, s], self.ratio[g, s]
-        shape = self.kind.shape
-        grid = np.stack(np.meshgrid(np.arange(shape[0])[g], np.arange(shape[1])[s], np.arange(shape[2]),
-                                    indexing="ij"), axis=-1).reshape(-1, 3)
-        order = np.lexsort((ratio.reshape(-1), kind.reshape(-1)))
-        first = order[0]
-        return None if kind.reshape(-1)[first] == NONE else tuple(int(i) for i in grid[first])
+    def closest(self, g: slice | int = slice(None), s: slice | int = slice(None)) -> tuple[int, int, int] | None:
+        """(g, s, e) of the closest miss among the given candidates and sites, or None."""
+        chosen = np.zeros(self.kind.shape, dtype=bool)
+        chosen[g, s] = True
+        kind = np.where(chosen, self.kind, NONE).ravel()
+        first = np.lexsort((np.where(chosen, self.ratio, np.inf).ravel(), kind))[0]
+        return None if kind[first] == NONE else tuple(int(i) for i in np.unravel_index(first, self.kind.shape))
 
     def describe(self, g: int, s: int, e: int) -> str:
         w, cand = self.w, self.cands[g]
@@ -81,9 +79,9 @@ def misses(w: Workload, sites: tuple[Traffic, ...], cands: list[Candidate], rout
     return Misses(w, sites, cands, routes, kind, np.where(kind == NONE, np.inf, ratio), latency_ms, most)
 
 
-def _site_miss(w: Workload, sites: tuple[Traffic, ...], s: int, cands: list[Candidate], routes: RouteTable) -> str:
-    found = misses(w, sites, cands, routes)
-    best = found.closest(slice(None), s) if cands else None
+def _site_miss(w: Workload, sites: tuple[Traffic, ...], s: int, cands: list[Candidate], routes: RouteTable,
+               found: Misses) -> str:
+    best = found.closest(s=s)
     if best is not None:
         return "closest: " + found.describe(*best)
     hard = sorted({v.reason for g in range(len(cands)) for v in routes.verdicts(w, sites, cands, g, s)})
@@ -108,7 +106,8 @@ def explain_infeasible(
         return "no pool passes the filters for any variant (see rejected)"
     stranded = [s for s in range(len(sites)) if not table.feasible[:, 1 << s].any()]
     if stranded:
-        parts = [f"site {sites[s].site} has no route within the SLO ({_site_miss(w, sites, s, cands, routes)})"
+        found = misses(w, sites, cands, routes)
+        parts = [f"site {sites[s].site} has no route within the SLO ({_site_miss(w, sites, s, cands, routes, found)})"
                  for s in stranded]
         return "; ".join(parts)
     if pools_needed is not None and pools_needed > w.max_pools:
@@ -151,7 +150,7 @@ def explain_rejections(
                           f"${with_it:.4f}/h (+${with_it - chosen_cost:.4f}/h)")
             out.append(Rejection(c.pool.name, c.variant.name, "Objective", reason))
         else:
-            best = found.closest(g, slice(None))
+            best = found.closest(g=g)
             if best is not None:
                 reason = "no site meets the SLO here; closest: " + found.describe(*best)
                 out.append(Rejection(c.pool.name, c.variant.name, "Latency", reason))

@@ -127,7 +127,7 @@ def _subset_max(per_site: np.ndarray) -> np.ndarray:
 
 
 def compute_table(
-    w: Workload, variant: Variant, arrival: np.ndarray, least: np.ndarray, width: int, start: int = 0
+    w: Workload, variant: Variant, arrival: np.ndarray, least: int, width: int, start: int = 0
 ) -> tuple[np.ndarray, np.ndarray]:
     """For each subset's arrival rate: replicas r_lo+start..r_lo+width-1 and their compute latency."""
     r_lo = np.maximum(

@@ -30,13 +30,13 @@ from hetplace.engine.snapshot import Traffic, Workload
 def _full_compute_table(w: Workload, cand: Candidate, arrival: np.ndarray, least: int):
     """Replica columns from the utilisation floor until the queue wait vanishes or the cap is hit."""
     floor_s = service_quantile_s(cand.variant.latency_ms, cand.variant.tail_latency_ms, w.percentile)
-    reps, secs = compute_table(w, cand.variant, arrival, np.int64(least), 8)
+    reps, secs = compute_table(w, cand.variant, arrival, least, 8)
     while True:
         still_waits = (secs[:, -1] > floor_s + EPS_S) & np.isfinite(secs[:, -1])
         width = reps.shape[1]
         if not still_waits.any() or width >= w.replicas_max:
             return reps, secs
-        more_reps, more_secs = compute_table(w, cand.variant, arrival, np.int64(least), 2 * width, start=width)
+        more_reps, more_secs = compute_table(w, cand.variant, arrival, least, 2 * width, start=width)
         reps, secs = np.hstack([reps, more_reps]), np.hstack([secs, more_secs])
 
 

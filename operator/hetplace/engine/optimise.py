@@ -293,7 +293,7 @@ def solve(w: Workload, snap: Snapshot) -> Decision:
         row_cands = [cands[g] for g in candidate_of]
         level = _min_latency(plan_table, row_cands, _ranking(plan_table, row_cands), k, groups, budget_nano,
                              cheapest[0][1])
-        if level is None:   # cannot happen: the cheapest placement is within budget and under its own level
+        if level is None:   # not expected: the cheapest placement is within budget and under its own level
             found, plan_table, candidate_of = cheapest, table, list(range(len(cands)))
         else:
             plan_table = at_level(plan_table, candidate_of, routes, w, level)
