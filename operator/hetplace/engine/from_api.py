@@ -60,4 +60,6 @@ def workload_from_spec(namespace: str, name: str, spec: InferenceWorkloadSpec) -
         max_cost_per_hour=spec.policy.max_cost_per_hour,
         max_utilization=spec.policy.max_utilization,
         max_link_utilization=spec.policy.max_link_utilization,
+        min_improvement_percent=spec.policy.rebalance.min_improvement_percent,
+        cooldown_seconds=spec.policy.rebalance.cooldown_seconds,
     )

@@ -129,6 +129,8 @@ class Workload:
     max_cost_per_hour: float | None = None
     max_utilization: float = 0.8
     max_link_utilization: float = 0.8
+    min_improvement_percent: float = 10.0
+    cooldown_seconds: float = 300.0
 
     @property
     def key(self) -> str:

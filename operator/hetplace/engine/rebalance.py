@@ -1,0 +1,222 @@
+"""Which running workloads move this cycle, and why: the global target filtered by hysteresis.
+
+A running workload moves (DESIGN §3 "Hysteresis") when
+  - its deployed placement no longer meets its spec under the observed conditions (a route over
+    its SLO or unserved, a pool down, a constraint it now breaks) and a feasible one exists —
+    an SLO repair, which does not wait for the cooldown: a broken placement left alone for
+    `cooldownSeconds` costs requests, and a repair cannot flap because the placement it leaves
+    is broken; or
+  - the new placement saves at least `minImprovementPercent` of its cost AND its last move is
+    older than `cooldownSeconds`.
+At most `max_moves` moves per cycle, repairs first (most traffic unserved first), then the
+largest savings. Workloads not yet placed are placed; that is not a move.
+
+Each move is re-checked against what stays: its new placement must fit beside every workload
+that holds (capacity, link bandwidth), and no workload that meets its SLO may miss it because
+of the move. A move that fails the check is re-solved on what the others leave (the
+incremental path) and dropped if that does not meet the rule either.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Literal, Mapping, Sequence
+
+from hetplace.engine.decision import Decision
+from hetplace.engine.evaluate import assignment_of, evaluate
+from hetplace.engine.filters import hardware_matches, namespace_allowed, pool_allowed, pool_is_up, region_allowed
+from hetplace.engine.fleet import Clock, FleetPlan, place_fleet
+from hetplace.engine.measure import RouteMeasure, measure_fleet
+from hetplace.engine.optimise import solve
+from hetplace.engine.snapshot import Snapshot, Workload
+from hetplace.engine.usage import Ledger
+
+MoveReason = Literal["place", "repair", "saving"]
+_CONSTRAINT_FILTERS = (pool_is_up, hardware_matches, region_allowed, pool_allowed, namespace_allowed)
+
+
+@dataclass(frozen=True)
+class Running:
+    """What is deployed for a workload, and when (seconds, caller's clock) it last changed."""
+
+    decision: Decision
+    last_move_s: float | None = None
+
+
+@dataclass(frozen=True)
+class Move:
+    workload: str
+    reason: MoveReason
+    before: Decision | None
+    after: Decision
+    saving_per_hour: float
+    why: str
+
+
+@dataclass(frozen=True)
+class Hold:
+    workload: str
+    why: str
+
+
+@dataclass(frozen=True)
+class MovePlan:
+    """The outcome of one rebalance cycle."""
+
+    moves: tuple[Move, ...]
+    held: tuple[Hold, ...]
+    decisions: Mapping[str, Decision]     # what runs after the moves, by workload key
+    target: FleetPlan                      # the global optimum the moves head for
+    broken: tuple[str, ...] = field(default=())   # keys still missing their SLO after this cycle
+
+    @property
+    def migrations(self) -> int:
+        return sum(m.reason != "place" for m in self.moves)
+
+
+def plan_moves(workloads: Sequence[Workload], snapshot: Snapshot, running: Mapping[str, Running], now_s: float,
+               *, max_moves: int = 10, time_limit_s: float = 10.0, clock: Clock | None = None) -> MovePlan:
+    """One rebalance cycle on observed `workloads` (current traffic) and `snapshot` (current links,
+    pools down); `running` holds what is deployed."""
+    target = place_fleet(workloads, snapshot, time_limit_s=time_limit_s, clock=clock)
+    wanted = target.by_key
+    by_key = {w.key: w for w in workloads}
+    deployed = {k: r.decision for k, r in running.items() if k in by_key and r.decision.feasible}
+    problems = _problems(workloads, snapshot, deployed)
+
+    candidates: list[tuple[tuple, Workload, MoveReason, str]] = []
+    held: list[Hold] = []
+    for w in workloads:
+        after = wanted[w.key]
+        before = deployed.get(w.key)
+        if before is None:
+            if after.feasible:
+                candidates.append(((1, 0.0, w.key), w, "place", "not placed yet"))
+            else:
+                held.append(Hold(w.key, f"no placement meets the spec: {after.reason}"))
+            continue
+        if w.key in problems:
+            unserved = sum(t.requests_per_second for t in w.traffic)
+            if after.feasible:
+                candidates.append(((0, -unserved, w.key), w, "repair", problems[w.key]))
+            else:
+                held.append(Hold(w.key, f"{problems[w.key]}; no feasible placement to repair it: {after.reason}"))
+            continue
+        if after.fingerprint() == before.fingerprint():
+            continue
+        saving = before.cost_per_hour - after.cost_per_hour
+        needed = before.cost_per_hour * w.min_improvement_percent / 100.0
+        if saving <= 0 or saving + 1e-12 < needed:
+            held.append(Hold(w.key, f"saves ${max(saving, 0):.4f}/h, under minImprovementPercent "
+                                    f"{w.min_improvement_percent:g}% (${needed:.4f}/h)"))
+            continue
+        last = running[w.key].last_move_s
+        if last is not None and now_s - last < w.cooldown_seconds:
+            held.append(Hold(w.key, f"moved {now_s - last:.0f} s ago, within cooldownSeconds "
+                                    f"{w.cooldown_seconds:g}"))
+            continue
+        candidates.append(((2, -saving, w.key), w, "saving", f"saves ${saving:.4f}/h"))
+
+    state = dict(deployed)
+    ledger = Ledger((by_key[k], d) for k, d in state.items())
+    moves: list[Move] = []
+    for _, w, reason, why in sorted(candidates, key=lambda c: c[0]):
+        if reason != "place" and sum(m.reason != "place" for m in moves) >= max_moves:
+            held.append(Hold(w.key, f"{why}, but this cycle already has max {max_moves} moves"))
+            continue
+        before = state.get(w.key)
+        if before is not None:
+            ledger.remove(w, before)
+        after = _fit_beside(w, wanted[w.key], ledger.charged(snapshot))
+        verdict = _acceptable(w, reason, before, after)
+        if verdict is None and not _harms_no_one(w, after, workloads, state, snapshot, ledger):
+            verdict = "it would push another workload over its SLO"
+        if verdict is not None:
+            if before is not None:
+                ledger.add(w, before)
+            held.append(Hold(w.key, f"{why}, but {verdict}"))
+            continue
+        ledger.add(w, after)
+        state[w.key] = after
+        saving = before.cost_per_hour - after.cost_per_hour if before is not None else 0.0
+        moves.append(Move(w.key, reason, before, after, saving, why))
+
+    final = [(w, state.get(w.key)) for w in workloads]
+    broken = sorted({m.workload for m in measure_fleet(final, snapshot.pools, snapshot.link_load_bytes_per_s)
+                     if not m.within_slo})
+    return MovePlan(tuple(moves), tuple(sorted(held, key=lambda h: h.workload)), state, target, tuple(broken))
+
+
+def _problems(workloads: Sequence[Workload], snapshot: Snapshot, deployed: Mapping[str, Decision]) -> dict[str, str]:
+    """Deployed workloads whose placement no longer meets their spec, with the first reason."""
+    pools = {p.name: p for p in snapshot.pools}
+    problems: dict[str, str] = {}
+    for w in workloads:
+        d = deployed.get(w.key)
+        if d is None:
+            continue
+        variants = {v.name: v for v in w.variants}
+        for g in d.groups:
+            pool, variant = pools.get(g.pool), variants.get(g.variant)
+            if pool is None or variant is None:
+                problems[w.key] = f"{g.pool}/{g.variant} no longer exists"
+                break
+            verdict = next((v for f in _CONSTRAINT_FILTERS if (v := f(w, pool, variant, snapshot))), None)
+            if verdict is not None:
+                problems[w.key] = f"{g.pool}/{g.variant}: {verdict.reason}"
+                break
+    placed = [(w, deployed[w.key]) for w in workloads if w.key in deployed and w.key not in problems]
+    for m in measure_fleet(placed, snapshot.pools, snapshot.link_load_bytes_per_s):
+        if not m.within_slo and m.workload not in problems:
+            problems[m.workload] = f"{m.site}: {m.why_missed}"
+    return problems
+
+
+def _fit_beside(w: Workload, target: Decision, charged: Snapshot) -> Decision:
+    """The target placement re-fitted on what the others leave, else the best placement there."""
+    if target.feasible:
+        refit = evaluate(w, charged, assignment_of(target))
+        if refit.feasible:
+            return refit
+    return solve(w, charged)
+
+
+def _acceptable(w: Workload, reason: MoveReason, before: Decision | None, after: Decision) -> str | None:
+    """None when `after` still satisfies the rule that made it a candidate, else why not."""
+    if not after.feasible:
+        return f"no placement fits beside the workloads that stay ({after.reason})"
+    if reason == "saving":
+        saving = before.cost_per_hour - after.cost_per_hour
+        if saving + 1e-12 < before.cost_per_hour * w.min_improvement_percent / 100.0:
+            return f"beside the workloads that stay it would save only ${max(saving, 0):.4f}/h"
+        if after.fingerprint() == before.fingerprint():
+            return "beside the workloads that stay the best placement is the current one"
+    return None
+
+
+def _harms_no_one(w: Workload, after: Decision, workloads: Sequence[Workload], state: Mapping[str, Decision],
+                  snapshot: Snapshot, ledger: Ledger) -> bool:
+    """No other workload sharing a link with `after` goes from meeting its SLO to missing it."""
+    links = {(r.site, g.pool) for g in after.groups for r in g.routes}
+    sharing = [o for o in workloads if o.key != w.key and o.key in state
+               and any((r.site, g.pool) in links for g in state[o.key].groups for r in g.routes)]
+    if not sharing:
+        return True
+    background: dict[tuple[str, str], float] = defaultdict(float, snapshot.link_load_bytes_per_s)
+    for key, rate in ledger.link_load.items():
+        background[key] += rate
+    own = Ledger([(w, after)]).link_load
+    for o in sharing:      # the sharers are in the ledger already; measure them alone over that load
+        for key, rate in Ledger([(o, state[o.key])]).link_load.items():
+            background[key] -= rate
+
+    def missing(with_after: bool) -> set[tuple[str, str]]:
+        load = dict(background)
+        if with_after:
+            for key, rate in own.items():
+                load[key] = load.get(key, 0.0) + rate
+        placed = [(o, state[o.key]) for o in sharing]
+        return {(m.workload, m.site) for m in measure_fleet(placed, snapshot.pools, load) if not m.within_slo}
+
+    return missing(True) <= missing(False)
