@@ -9,6 +9,8 @@ c7g.xlarge (Graviton, 4 vCPU, 8 GiB) ~$0.145/h; an owned Orin box is priced by T
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import random
 
 from hetplace.api.pool import tco_cost_per_hour
@@ -66,3 +68,64 @@ def instance(seed: int, n_pools: int = 50, n_variants: int = 8, n_encodings: int
     rnd = random.Random(seed)
     names = sites(n_sites)
     return workload(rnd, names, n_variants, n_encodings, objective), Snapshot(pools(rnd, n_pools, names))
+
+
+# --- fleets: many workloads sharing the pools ----------------------------------------------------
+
+FLEET_SITES = 8
+WORKLOADS_PER_SITE = 10     # sites grow with the fleet, so links carry a plausible share of it
+
+
+def fleet_workload(rnd: random.Random, site_names: list[str], name: str) -> Workload:
+    """A model with a variant per hardware class, raw and compressed inputs, traffic from 1-2 sites."""
+    vs = []
+    for hardware in HARDWARE:
+        mean = SINGLE_STREAM_MS[hardware] * rnd.uniform(5, 20)
+        request = Resources(rnd.choice([1, 2]), rnd.choice([2, 4]) * GiB, 0 if hardware == "cpu" else 1)
+        vs.append(Variant(f"{hardware}-v", hardware, rnd.uniform(0.83, 0.86), mean, mean * 1.5,
+                          rnd.choice([1, 2, 4]), request))
+    encs = (Encoding("raw", 150_000), Encoding("compressed", 30_000, -0.003))
+    where = rnd.sample(site_names, k=1 if rnd.random() < 0.7 else 2)
+    traffic = tuple(Traffic(s, round(rnd.uniform(2, 40), 1)) for s in where)
+    return Workload("fleet", name, 1000, encs, tuple(vs), rnd.choice([100, 150, 250]), 99, 0.82, traffic)
+
+
+def fleet(seed: int, n_workloads: int, n_pools: int, load: float) -> tuple[tuple[Workload, ...], Snapshot]:
+    """Workloads and pools sized so that the workloads' own cheapest placements (each alone on
+    roomy pools) ask for `load` (0.7, 0.95) of each hardware class's nodes (by dominant share) and
+    of the usable bandwidth (maxLinkUtilization) of every link they use: the cheap pools and the
+    fast links run out first, and the fleet has to spread."""
+    from hetplace.engine import solve
+    from hetplace.engine.cost import dominant_share
+    from hetplace.engine.usage import taken_by
+    rnd = random.Random(seed)
+    names = sites(max(FLEET_SITES, n_workloads // WORKLOADS_PER_SITE))
+    shaped = pools(rnd, n_pools, names)
+    roomy = Snapshot(tuple(dataclasses.replace(p, node_count=100_000) for p in shaped))
+    by_name = {p.name: p for p in shaped}
+    nodes_wanted: dict[str, float] = {h: 0.0 for h in HARDWARE}
+    link_wanted: dict[tuple[str, str], float] = {}
+    workloads = []
+    while len(workloads) < n_workloads:     # only workloads that can be placed on empty pools
+        w = fleet_workload(rnd, names, f"w{len(workloads):05d}")
+        d = solve(w, roomy)
+        if not d.feasible:
+            continue
+        workloads.append(w)
+        for g in d.groups:
+            pool = by_name[g.pool]
+            request = next(v.resources for v in w.variants if v.name == g.variant)
+            nodes_wanted[pool.hardware] += dominant_share(request, pool.node) * g.replicas
+        for link, rate in taken_by(w, d)[1].items():
+            link_wanted[link] = link_wanted.get(link, 0.0) + rate
+    out = []
+    for p in shaped:
+        of_class = sum(q.hardware == p.hardware for q in shaped)
+        links = dict(p.links)
+        for (site, pool), rate in link_wanted.items():
+            if pool == p.name and site in links:
+                needed_kbps = rate / 1000 / (0.8 * load)
+                links[site] = LinkState(max(links[site].bandwidth_kbps, round(needed_kbps, 1)), links[site].rtt_ms)
+        out.append(dataclasses.replace(p, node_count=max(1, math.ceil(nodes_wanted[p.hardware] / load / of_class)),
+                                       links=links))
+    return tuple(workloads), Snapshot(tuple(out))

@@ -29,6 +29,7 @@ class FleetPlan:
     method: str                                         # "solo-optimal" | "milp" | "milp-time-limit" | "greedy"
     solve_seconds: float = 0.0                          # measured with the injected clock; 0 without one
     placed: int = 0
+    proven_bound_per_hour: float = 0.0                  # HiGHS's dual bound at the end of the search
 
     @property
     def gap(self) -> float:
@@ -36,6 +37,14 @@ class FleetPlan:
         if self.cost_per_hour <= 0:
             return 0.0
         return max(0.0, (self.cost_per_hour - self.lower_bound_per_hour) / self.cost_per_hour)
+
+    @property
+    def proven_gap(self) -> float:
+        """Relative distance of the cost above the best bound the search proved."""
+        if self.cost_per_hour <= 0:
+            return 0.0
+        best = max(self.lower_bound_per_hour, self.proven_bound_per_hour)
+        return max(0.0, (self.cost_per_hour - best) / self.cost_per_hour)
 
     @property
     def by_key(self) -> Mapping[str, Decision]:

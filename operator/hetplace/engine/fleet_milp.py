@@ -1,15 +1,536 @@
-"""The global optimiser: a MILP over candidate groups of every workload (placeholder: greedy)."""
+"""The global optimiser: every workload's groups chosen at once under shared capacity and links.
+
+Formulation (DESIGN §3 "Global"). A *piece* is one candidate group of one workload serving a
+subset of its sites: (pool, variant, replicas, an encoding per site), costed and sized on the
+pools alone by the single-workload tables (groups.py). The MILP picks pieces:
+  - binary x_i per piece, binary u_w "workload w stays unplaced" (priced far above any placement);
+  - each site of w is covered by exactly one chosen piece, or w is unplaced;
+  - at most one piece per (w, pool) (one variant per pool) and at most maxPools pieces per w;
+  - capacity: per pool and resource, Σ replicas·request <= free capacity;
+  - links: a piece's route on link ℓ meets its SLO while the total load on ℓ stays under the
+    route's *tolerance* T_i = min(maxLinkUtilization·BW, BW − b/(SLO − t_comp − RTT)), so
+    x_i = 1 ⇒ load(ℓ) <= T_i (a big-M row, written only where the load could exceed T_i);
+  - optional maxCostPerHour per workload.
+Routes' latency depends on everyone's load only through these rows, and replicas are fixed per
+piece, so a chosen set of pieces is feasible under model v1 exactly when the rows hold. A
+piece with one more replica tolerates more load; such pieces are offered where a link could
+bind.
+
+HiGHS solves it through scipy.optimize.milp with a time limit and a relative gap. scipy's milp
+takes no initial solution, so the greedy (each workload's cheapest fitting pieces, in order)
+enters as an objective cutoff row and is returned when HiGHS finds nothing better in time. The
+LP relaxation gives the lower bound. When every workload's own optimum fits beside the others
+(often, on a fleet with room), that is the optimum — the sum of solo optima bounds any fleet
+placement from below — and no MILP is built.
+"""
 
 from __future__ import annotations
 
-from typing import Sequence
+import math
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Callable, Sequence
 
-from hetplace.engine.snapshot import Snapshot, Workload
+import numpy as np
+from scipy import sparse
+from scipy.optimize import Bounds, LinearConstraint, milp
+
+from hetplace.engine.decision import Decision, GroupPlan, RoutePlan
+from hetplace.engine.filters import first_group_rejection
+from hetplace.engine.groups import EPS_S, candidates, group_table, route_table
+from hetplace.engine.optimise import EXACT_SITE_LIMIT, solve
+from hetplace.engine.queueing import compute_latency_s
+from hetplace.engine.snapshot import Pool, Resources, Snapshot, Workload
+from hetplace.engine.usage import Ledger, route_bytes_per_s
+
+UNPLACED_PENALTY_PER_HOUR = 1e5          # far above any placement ($1000/node-hour cap × replicas)
+TIE_BREAK_PER_RANK = 1e-7                # prefers earlier encodings among equal-cost pieces
+RESOURCES = ("cpu_cores", "memory_bytes", "accelerators")
+
+
+@dataclass(frozen=True)
+class PieceRoute:
+    site: str
+    encoding: str
+    requests_per_second: float
+    link: tuple[str, str]                # (site, pool)
+    bytes_per_s: float
+    payload_bytes: float
+    tolerance_bytes_per_s: float         # the route meets its SLO while the link's total load stays under this
+    bandwidth_bytes_per_s: float
+    rtt_s: float
+
+
+@dataclass(frozen=True)
+class Piece:
+    """One candidate group of one workload over a subset of its sites."""
+
+    workload: int
+    pool: str
+    variant: str
+    replicas: int
+    compute_s: float
+    cost_per_hour: float
+    rank: int                            # Σ encoding positions: the tie-break of DESIGN §3
+    routes: tuple[PieceRoute, ...]
+    request: Resources                   # per replica
+
+    @property
+    def sites(self) -> frozenset[str]:
+        return frozenset(r.site for r in self.routes)
+
+
+def tolerance(bandwidth: float, rtt_s: float, payload: float, compute_s: float, slo_s: float,
+              max_link_utilization: float) -> float:
+    """Largest total load (bytes/s) on the link at which this route still meets SLO and the cap."""
+    budget = slo_s + EPS_S - compute_s - rtt_s
+    if budget <= 0:
+        return -math.inf
+    return min(bandwidth * (max_link_utilization + 1e-12), bandwidth - payload / budget)
+
+
+def pieces_of(w: Workload, index: int, snap: Snapshot, extra_replicas: int = 1, per_subset: int | None = None,
+              all_encodings: bool = False) -> list[Piece]:
+    """Candidate groups of `w` on the pools alone (others' load is the snapshot's background).
+
+    `per_subset` keeps that many of the cheapest pools per site subset (all when None);
+    `extra_replicas` adds pieces with up to that many more replicas (more tolerance to load);
+    `all_encodings` offers every combination of usable encodings, not only the preferred one.
+    """
+    sites = tuple(sorted(w.traffic, key=lambda t: t.site))
+    if not sites or len(sites) > EXACT_SITE_LIMIT:
+        return []
+    passed = [(pool, v) for pool in snap.pools for v in sorted(w.variants, key=lambda v: v.name)
+              if first_group_rejection(w, pool, v, snap) is None]
+    cands = candidates(w, snap, passed)
+    if not cands:
+        return []
+    routes = route_table(w, snap, sites, cands)
+    table = group_table(w, sites, cands, routes)
+    slo_s = w.slo_latency_ms / 1000.0
+    payload = np.array([e.request_bytes + w.response_bytes for e in w.encodings], dtype=float)
+    g_idx, t_idx = np.nonzero(table.feasible)
+    if per_subset is not None and len(g_idx):
+        keep = set()
+        for T in np.unique(t_idx):
+            rows = g_idx[t_idx == T]
+            best_by_pool: dict[str, tuple[int, int]] = {}
+            for g in rows:
+                key = (int(table.cost_nano[g, T]), int(table.rank_sum[g, T]))
+                name = cands[g].pool.name
+                if name not in best_by_pool or key < best_by_pool[name]:
+                    best_by_pool[name] = (key, g)
+            for _, g in sorted(best_by_pool.values())[:per_subset]:
+                keep.add((int(g), int(T)))
+        chosen = [(g, T) for g, T in zip(g_idx, t_idx) if (int(g), int(T)) in keep]
+    else:
+        chosen = list(zip(g_idx, t_idx))
+
+    out: list[Piece] = []
+    for g, T in chosen:
+        cand = cands[g]
+        members = [s for s in range(len(sites)) if table.members[T, s]]
+        lam = sum(sites[s].requests_per_second for s in members)
+        base_r = int(table.replicas[g, T])
+        for r in range(base_r, min(base_r + extra_replicas, cand.replicas_that_fit, w.replicas_max) + 1):
+            if r == base_r:
+                compute = float(table.compute_s[g, T])
+            else:
+                v = cand.variant
+                compute = float(compute_latency_s(np.array([r]), v.concurrency, np.array([lam]), v.latency_ms,
+                                                  v.tail_latency_ms, w.percentile)[0])
+            fitting = [[e for e in range(len(w.encodings))
+                        if routes.seconds[g, s, e] <= slo_s - compute + EPS_S] for s in members]
+            if any(not f for f in fitting):
+                continue
+            if all_encodings:
+                combos = _combinations(fitting)
+            else:
+                preferred = tuple(f[0] for f in fitting)
+                lightest = tuple(min(f, key=lambda e: payload[e]) for f in fitting)
+                combos = [preferred] if lightest == preferred else [preferred, lightest]
+            for encs in combos:
+                out.append(_piece(w, index, cand.pool, cand.variant.name, cand.variant.resources, r, compute,
+                                  r * cand.replica_cost_per_hour, [sites[s] for s in members], encs, slo_s))
+    return out
+
+
+def _combinations(options: list[list[int]]) -> list[tuple[int, ...]]:
+    combos: list[tuple[int, ...]] = [()]
+    for choice in options:
+        combos = [c + (e,) for c in combos for e in choice]
+    return combos
+
+
+def _piece(w: Workload, index: int, pool: Pool, variant: str, request: Resources, replicas: int, compute_s: float,
+           cost: float, traffic, encodings: tuple[int, ...], slo_s: float) -> Piece:
+    routes = []
+    for t, e in zip(traffic, encodings):
+        link = pool.link_from(t.site)
+        enc = w.encodings[e]
+        bandwidth = link.bandwidth_bytes_per_s
+        payload = enc.request_bytes + w.response_bytes
+        routes.append(PieceRoute(t.site, enc.name, t.requests_per_second, (t.site, pool.name),
+                                 route_bytes_per_s(w, enc, t.requests_per_second), float(payload),
+                                 tolerance(bandwidth, link.rtt_ms / 1000.0, payload, compute_s, slo_s,
+                                           w.max_link_utilization),
+                                 bandwidth, link.rtt_ms / 1000.0))
+    return Piece(index, pool.name, variant, replicas, compute_s, cost, sum(encodings), tuple(routes), request)
+
+
+# --- checking and decoding a choice of pieces ---------------------------------------------------
+
+def decisions_from(workloads: Sequence[Workload], chosen: Sequence[Sequence[Piece]], snap: Snapshot,
+                   method: str, unplaced_reason: Callable[[Workload], str]) -> list[Decision]:
+    """Decisions with each route's latency predicted under the final load of its link."""
+    load: dict[tuple[str, str], float] = defaultdict(float, snap.link_load_bytes_per_s)
+    for pieces in chosen:
+        for p in pieces:
+            for r in p.routes:
+                load[r.link] += r.bytes_per_s
+    out = []
+    for w, pieces in zip(workloads, chosen):
+        if not pieces:
+            out.append(Decision(w.key, False, w.objective, 0.0, (), (), unplaced_reason(w), method=method))
+            continue
+        groups = []
+        for p in sorted(pieces, key=lambda p: (p.pool, p.variant)):
+            plans = []
+            for r in sorted(p.routes, key=lambda r: r.site):
+                utilization = load[r.link] / r.bandwidth_bytes_per_s
+                network_s = r.rtt_s + r.payload_bytes / (r.bandwidth_bytes_per_s * (1.0 - utilization))
+                plans.append(RoutePlan(r.site, r.encoding, r.requests_per_second,
+                                       (network_s + p.compute_s) * 1000.0, network_s * 1000.0, p.compute_s * 1000.0,
+                                       utilization))
+            groups.append(GroupPlan(p.pool, p.variant, p.replicas, p.cost_per_hour, tuple(plans)))
+        cost = sum(g.cost_per_hour for g in groups)
+        worst = max(g.worst_latency_ms for g in groups)
+        out.append(Decision(w.key, True, w.objective, cost, tuple(groups), (),
+                            f"{method}: {len(groups)} group(s), ${cost:.4f}/h, worst p{w.percentile:g} "
+                            f"{worst:.1f} ms <= SLO {w.slo_latency_ms:g} ms, shared with the fleet",
+                            method=method))
+    return out
+
+
+class Room:
+    """Free capacity and link tolerances while pieces are chosen one after another (the greedy)."""
+
+    def __init__(self, snap: Snapshot) -> None:
+        self.free = {p.name: _vector(p.capacity) - _vector(snap.pool_used.get(p.name, Resources()))
+                     for p in snap.pools}
+        self.load: dict[tuple[str, str], float] = defaultdict(float, snap.link_load_bytes_per_s)
+        self.limit: dict[tuple[str, str], float] = defaultdict(lambda: math.inf)
+
+    def fits(self, pieces: Sequence[Piece]) -> bool:
+        need: dict[str, np.ndarray] = defaultdict(lambda: np.zeros(3))
+        added: dict[tuple[str, str], float] = defaultdict(float)
+        limit: dict[tuple[str, str], float] = {}
+        for p in pieces:
+            need[p.pool] = need[p.pool] + _vector(p.request) * p.replicas
+            for r in p.routes:
+                added[r.link] += r.bytes_per_s
+                limit[r.link] = min(limit.get(r.link, math.inf), r.tolerance_bytes_per_s)
+        if any((need[name] > self.free[name] + 1e-9 * np.maximum(1.0, self.free[name])).any() for name in need):
+            return False
+        return all(self.load[link] + rate <= min(self.limit[link], limit[link]) for link, rate in added.items())
+
+    def take(self, pieces: Sequence[Piece]) -> None:
+        for p in pieces:
+            self.free[p.pool] = self.free[p.pool] - _vector(p.request) * p.replicas
+            for r in p.routes:
+                self.load[r.link] += r.bytes_per_s
+                self.limit[r.link] = min(self.limit[r.link], r.tolerance_bytes_per_s)
+
+
+def _vector(r: Resources) -> np.ndarray:
+    return np.array([r.cpu_cores, r.memory_bytes, float(r.accelerators)])
+
+
+# --- the solver ---------------------------------------------------------------------------------
+
+EXHAUSTIVE_FLEET_SIZE = 12      # up to this many workloads, every encoding combination and more replicas
+
+
+def pieces_of_decision(w: Workload, index: int, d: Decision, snap: Snapshot) -> list[Piece]:
+    """A decision's groups as pieces (to check them together and to offer them to the MILP)."""
+    pools = {p.name: p for p in snap.pools}
+    variants = {v.name: v for v in w.variants}
+    encodings = [e.name for e in w.encodings]
+    traffic = {t.site: t for t in w.traffic}
+    return [_piece(w, index, pools[g.pool], g.variant, variants[g.variant].resources, g.replicas,
+                   g.routes[0].compute_ms / 1000.0, g.cost_per_hour, [traffic[r.site] for r in g.routes],
+                   tuple(encodings.index(r.encoding) for r in g.routes), w.slo_latency_ms / 1000.0)
+            for g in d.groups]
 
 
 def solve_fleet(workloads: Sequence[Workload], snapshot: Snapshot, *, time_limit_s: float, mip_rel_gap: float,
                 clock=None):
-    from hetplace.engine.fleet import FleetPlan, place_in_order
-    decided = place_in_order(workloads, snapshot)
-    cost = sum(d.cost_per_hour for _, d in decided if d.feasible)
-    return FleetPlan(tuple(decided), cost, 0.0, "greedy", 0.0, sum(d.feasible for _, d in decided))
+    from hetplace.engine.fleet import FleetPlan
+
+    started = clock() if clock else 0.0
+    elapsed = (lambda: clock() - started) if clock else (lambda: 0.0)
+    workloads = list(workloads)
+    solo = [solve(w, snapshot) for w in workloads]
+    solo_pieces = [pieces_of_decision(w, i, d, snapshot) if d.feasible else [] for i, (w, d) in
+                   enumerate(zip(workloads, solo))]
+    solo_bound = sum(d.cost_per_hour for d in solo if d.feasible)
+
+    def unplaced(w: Workload) -> str:
+        d = solo[workloads.index(w)]
+        return d.reason if not d.feasible else "no room beside the rest of the fleet (capacity or link bandwidth)"
+
+    def plan(chosen, method, bound, proven=None) -> FleetPlan:
+        decisions = decisions_from(workloads, chosen, snapshot, method, unplaced)
+        decisions = [_with_rejections(d, s) for d, s in zip(decisions, solo)]
+        cost = sum(d.cost_per_hour for d in decisions if d.feasible)
+        return FleetPlan(tuple(zip(workloads, decisions)), cost, bound, method, elapsed(),
+                         sum(d.feasible for d in decisions), bound if proven is None else max(bound, proven))
+
+    if _fit_together(solo_pieces, snapshot):
+        return plan(solo_pieces, "solo-optimal", solo_bound, solo_bound)
+
+    exhaustive = len(workloads) <= EXHAUSTIVE_FLEET_SIZE
+    offered: list[list[Piece]] = []
+    for i, w in enumerate(workloads):
+        if not solo[i].feasible:
+            offered.append([])
+            continue
+        found = pieces_of(w, i, snapshot, extra_replicas=3 if exhaustive else 1,
+                          per_subset=None if exhaustive else 3, all_encodings=exhaustive)
+        offered.append(_unique(solo_pieces[i] + found))
+
+    greedy = _greedy(workloads, offered, solo_pieces, snapshot)
+    model = _model(workloads, offered, snapshot)
+    left = lambda: max(0.1, time_limit_s - elapsed())   # noqa: E731
+    # Phase 1 places as many workloads as it can (leaving one out costs more than any placement),
+    # cut off at the greedy's objective. If some stay out, phase 2 re-optimises the cost with that
+    # many out, so the relative gap speaks of dollars, not of penalties.
+    found, proven = model.solve(model.objective(penalised=True), None, model.value(greedy, True), left(),
+                                mip_rel_gap)
+    if found is None:
+        chosen, method, proven = greedy, "greedy", 0.0
+    else:
+        chosen, method = found
+        left_out = sum(1 for c in chosen if not c)
+        if left_out:
+            again, proven = model.solve(model.objective(penalised=False), left_out, model.value(chosen, False),
+                                        left(), mip_rel_gap)
+            if again is not None:
+                chosen, method = again[0], _worse(method, again[1])
+        chosen = _polished(chosen, offered, snapshot)
+    left_out = sum(1 for c in chosen if not c)
+    bound = model.lp_bound(left_out, left())
+    if left_out == 0:
+        bound = max(bound, solo_bound)
+    return plan(chosen, method, bound, proven)
+
+
+def _worse(a: str, b: str) -> str:
+    return "milp-time-limit" if "milp-time-limit" in (a, b) else "milp"
+
+
+def _fit_together(chosen: Sequence[Sequence[Piece]], snap: Snapshot) -> bool:
+    room = Room(snap)
+    for pieces in chosen:
+        if not room.fits(pieces):
+            return False
+        room.take(pieces)
+    return True
+
+
+def _with_rejections(d: Decision, solo: Decision) -> Decision:
+    import dataclasses
+    return dataclasses.replace(d, rejected=solo.rejected)
+
+
+def _unique(pieces: list[Piece]) -> list[Piece]:
+    seen, out = set(), []
+    for p in pieces:
+        key = (p.pool, p.variant, p.replicas, tuple((r.site, r.encoding) for r in p.routes))
+        if key not in seen:
+            seen.add(key)
+            out.append(p)
+    return out
+
+
+def _greedy(workloads, offered, solo_pieces, snap) -> list[list[Piece]]:
+    """Each workload in turn: its own optimum if it fits, else its cheapest single group that does."""
+    room = Room(snap)
+    chosen: list[list[Piece]] = []
+    for i, w in enumerate(workloads):
+        sites = frozenset(t.site for t in w.traffic)
+        options = ([solo_pieces[i]] if solo_pieces[i] else []) + \
+            [[p] for p in sorted(offered[i], key=lambda p: (p.cost_per_hour, p.rank)) if p.sites == sites]
+        pick = next((o for o in options if room.fits(o)), [])
+        room.take(pick)
+        chosen.append(pick)
+    return chosen
+
+
+@dataclass
+class _Model:
+    """The MILP over pieces: columns are the pieces, then one 'unplaced' column per workload."""
+
+    cost: np.ndarray               # $/h of each column, tie-break included; 0 for unplaced columns
+    dollars: np.ndarray            # $/h of each column alone
+    tie_break_slack: float         # the most the tie-breaks can add to any objective value
+    bounds: Bounds
+    rows: list[LinearConstraint]
+    pieces: list[Piece]
+    workloads: int
+
+    @property
+    def unplaced_columns(self) -> np.ndarray:
+        n = len(self.pieces)
+        return np.arange(n, n + self.workloads)
+
+    def objective(self, penalised: bool) -> np.ndarray:
+        c = self.cost.copy()
+        c[self.unplaced_columns] = UNPLACED_PENALTY_PER_HOUR if penalised else 0.0
+        return c
+
+    def value(self, chosen: Sequence[Sequence[Piece]], penalised: bool) -> float:
+        total = sum(p.cost_per_hour + TIE_BREAK_PER_RANK * p.rank for ps in chosen for p in ps)
+        return total + (UNPLACED_PENALTY_PER_HOUR * sum(1 for ps in chosen if not ps) if penalised else 0.0)
+
+    def _rows(self, c: np.ndarray, left_out: int | None, cutoff: float | None) -> list[LinearConstraint]:
+        rows = list(self.rows)
+        if left_out is not None:
+            count = np.zeros((1, len(c)))
+            count[0, self.unplaced_columns] = 1.0
+            rows.append(LinearConstraint(count, left_out, left_out))
+        if cutoff is not None:
+            rows.append(LinearConstraint(c[None, :], -np.inf, cutoff * (1 + 1e-6) + 1e-6))
+        return rows
+
+    def solve(self, c: np.ndarray, left_out: int | None, cutoff: float | None, time_limit_s: float,
+              mip_rel_gap: float) -> tuple[tuple[list[list[Piece]], str] | None, float]:
+        """((pieces per workload, method), HiGHS's proven bound on the objective), or (None, 0)."""
+        result = milp(c, integrality=np.ones_like(c), bounds=self.bounds, constraints=self._rows(c, left_out, cutoff),
+                      options={"time_limit": time_limit_s, "mip_rel_gap": mip_rel_gap})
+        if result.x is None or result.status not in (0, 1):
+            return None, 0.0
+        chosen: list[list[Piece]] = [[] for _ in range(self.workloads)]
+        for i in np.nonzero(result.x[: len(self.pieces)] > 0.5)[0]:
+            chosen[self.pieces[i].workload].append(self.pieces[i])
+        proven = float(getattr(result, "mip_dual_bound", 0.0) or 0.0) - self.tie_break_slack
+        return (chosen, "milp" if result.status == 0 else "milp-time-limit"), proven
+
+    def lp_bound(self, left_out: int, time_limit_s: float) -> float:
+        """The LP relaxation's cost with exactly `left_out` workloads unplaced: a lower bound on the
+        cost of any placement that places as many (the MILP's count is the most it can place)."""
+        c = self.dollars
+        lp = milp(c, integrality=np.zeros_like(c), bounds=self.bounds, constraints=self._rows(c, left_out, None),
+                  options={"time_limit": time_limit_s})
+        return float(lp.fun) if lp.status == 0 else 0.0
+
+
+def _model(workloads, offered, snap: Snapshot) -> _Model:
+    pieces = [p for ps in offered for p in ps]
+    n, W = len(pieces), len(workloads)
+    c = np.concatenate([[p.cost_per_hour + TIE_BREAK_PER_RANK * p.rank for p in pieces], np.zeros(W)])
+    upper = np.ones(n + W)
+    entries: list[tuple[int, int, float]] = []
+    lower: list[float] = []
+    upper_rows: list[float] = []
+
+    def row(coefficients, lo, hi):
+        # rows in bytes/s and bytes are scaled to their largest coefficient: HiGHS's tolerances
+        # are absolute, and a 1e9-sized row beside 1-sized ones misleads its presolve
+        coefficients = list(coefficients)
+        scale = max((abs(a) for _, a in coefficients), default=1.0) or 1.0
+        r = len(lower)
+        entries.extend((r, j, a / scale) for j, a in coefficients)
+        lower.append(lo / scale)
+        upper_rows.append(hi / scale)
+
+    covering: dict[tuple[int, str], list[int]] = defaultdict(list)
+    per_pool: dict[tuple[int, str], list[int]] = defaultdict(list)
+    per_workload: dict[int, list[int]] = defaultdict(list)
+    on_link: dict[tuple[str, str], list[tuple[int, float, float]]] = defaultdict(list)
+    in_pool: dict[str, list[int]] = defaultdict(list)
+    for j, p in enumerate(pieces):
+        per_pool[(p.workload, p.pool)].append(j)
+        per_workload[p.workload].append(j)
+        in_pool[p.pool].append(j)
+        for r in p.routes:
+            covering[(p.workload, r.site)].append(j)
+            on_link[r.link].append((j, r.bytes_per_s, r.tolerance_bytes_per_s))
+
+    for i, w in enumerate(workloads):
+        for t in w.traffic:
+            row([(j, 1.0) for j in covering[(i, t.site)]] + [(n + i, 1.0)], 1.0, 1.0)
+        if len({t.site for t in w.traffic}) > w.max_pools:
+            row([(j, 1.0) for j in per_workload[i]], -np.inf, w.max_pools)
+        if w.max_cost_per_hour is not None:
+            row([(j, pieces[j].cost_per_hour) for j in per_workload[i]], -np.inf, w.max_cost_per_hour + 1e-9)
+    for js in per_pool.values():
+        if len(js) > 1:
+            row([(j, 1.0) for j in js], -np.inf, 1.0)
+    pools = {p.name: p for p in snap.pools}
+    for name, js in in_pool.items():
+        free = _vector(pools[name].capacity) - _vector(snap.pool_used.get(name, Resources()))
+        for k in range(3):
+            usage = [(j, pieces[j].replicas * _vector(pieces[j].request)[k]) for j in js]
+            worst = sum(max((a for j, a in usage if pieces[j].workload == i), default=0.0)
+                        for i in {pieces[j].workload for j in js})
+            if worst > free[k] + 1e-9:
+                row([(j, a) for j, a in usage if a > 0], -np.inf, free[k] + 1e-9 * max(1.0, abs(free[k])))
+    for link, users in on_link.items():
+        # x_j = 1 ⇒ load <= T_j. One plain row holds the loosest tolerance (load is 0 when no piece
+        # on the link is chosen); big-M rows only for the pieces that tolerate less, with M cut to it.
+        background = snap.link_load_bytes_per_s.get(link, 0.0)
+        heaviest: dict[int, float] = defaultdict(float)
+        for j, a, _ in users:
+            heaviest[pieces[j].workload] = max(heaviest[pieces[j].workload], a)
+        most = background + sum(heaviest.values())
+        loosest = max(limit for _, _, limit in users)
+        ceiling = min(most, loosest)
+        if loosest < most:
+            row([(j, a) for j, a, _ in users], -np.inf, loosest - background)
+        for j, a, limit in users:
+            if limit < background + a:
+                upper[j] = 0.0
+            elif limit < ceiling:
+                big_m = ceiling - limit
+                row([(jj, aa) for jj, aa, _ in users if jj != j] + [(j, a + big_m)], -np.inf,
+                    limit - background + big_m)
+    r_idx, c_idx, vals = zip(*entries) if entries else ((), (), ())
+    matrix = sparse.csr_array((vals, (r_idx, c_idx)), shape=(len(lower), n + W))
+    dollars = np.concatenate([[p.cost_per_hour for p in pieces], np.zeros(W)])
+    slack = TIE_BREAK_PER_RANK * sum(max((p.rank for p in ps), default=0) * len(w.traffic)
+                                     for w, ps in zip(workloads, offered))
+    return _Model(c, dollars, slack, Bounds(np.zeros(n + W), upper), [LinearConstraint(matrix, lower, upper_rows)], pieces, W)
+
+
+def _polished(chosen: list[list[Piece]], offered: list[list[Piece]], snap: Snapshot) -> list[list[Piece]]:
+    """Each chosen piece swapped for an equal-cost one with earlier encodings where that still fits
+    (the MILP's gap is far wider than the tie-break it carries)."""
+    chosen = [list(c) for c in chosen]
+    load: dict[tuple[str, str], float] = defaultdict(float, snap.link_load_bytes_per_s)
+    users: dict[tuple[str, str], list[Piece]] = defaultdict(list)
+    for pieces in chosen:
+        for p in pieces:
+            for r in p.routes:
+                load[r.link] += r.bytes_per_s
+                users[r.link].append(p)
+    for w, pieces in enumerate(chosen):
+        for k, p in enumerate(pieces):
+            better = sorted((q for q in offered[w] if q.pool == p.pool and q.variant == p.variant
+                             and q.replicas == p.replicas and q.sites == p.sites and q.rank < p.rank),
+                            key=lambda q: q.rank)
+            for q in better:
+                new_load = {r.link: load[r.link] - next(o.bytes_per_s for o in p.routes if o.link == r.link)
+                            + r.bytes_per_s for r in q.routes}
+                limits_ok = all(
+                    new_load[r.link] <= min([r.tolerance_bytes_per_s] +
+                                            [o.tolerance_bytes_per_s for u in users[r.link] if u is not p
+                                             for o in u.routes if o.link == r.link])
+                    for r in q.routes)
+                if limits_ok:
+                    for r in q.routes:
+                        load[r.link] = new_load[r.link]
+                        users[r.link] = [q if u is p else u for u in users[r.link]]
+                    pieces[k] = q
+                    break
+    return chosen

@@ -1,0 +1,137 @@
+"""The global optimiser against an independent exhaustive optimum, and its promises.
+
+tests/reference_fleet.py enumerates every fleet assignment (written apart from the engine);
+here the MILP must find its cost on every small fleet, and the reference must agree that what
+the MILP returns is feasible and costs what the MILP says.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+import reference_fleet
+from builders import a_pool, a_workload
+
+from hetplace.engine import Snapshot, solve
+from hetplace.engine.from_api import pool_from_spec, workload_from_spec
+from hetplace.engine.fleet import place_fleet, place_in_order, place_one
+
+SEEDS = range(60)
+
+
+def routes_of(plan) -> dict[str, dict[str, tuple[str, str, str]]]:
+    return {w.key: {r.site: (g.pool, g.variant, r.encoding) for g in d.groups for r in g.routes}
+            for w, d in plan.decisions if d.feasible}
+
+
+@pytest.mark.parametrize("seed", SEEDS, ids=lambda s: f"small fleet {s}")
+def test_the_milp_finds_the_exhaustive_optimum_of_a_small_fleet(seed):
+    workloads, snap = reference_fleet.small_fleet(seed)
+    plan = place_fleet(workloads, snap, mip_rel_gap=1e-9)
+    best = reference_fleet.fleet_optimum(workloads, snap)
+    if best is None:
+        assert plan.placed < len(workloads)
+        return
+    assert plan.placed == len(workloads), [d.reason for _, d in plan.decisions if not d.feasible]
+    assert plan.cost_per_hour == pytest.approx(best.cost_per_hour, rel=1e-6)
+    # the reference agrees the MILP's placement is feasible and costs what the MILP says
+    assert reference_fleet.fleet_cost_of(workloads, snap, routes_of(plan)) == pytest.approx(plan.cost_per_hour,
+                                                                                          rel=1e-6)
+    assert plan.lower_bound_per_hour <= plan.cost_per_hour + 1e-9
+
+
+@pytest.mark.parametrize("seed", range(40), ids=lambda s: f"conflicting fleet {s}")
+def test_when_the_workloads_own_optima_collide_the_milp_still_finds_the_optimum(seed):
+    workloads, snap = reference_fleet.small_fleet(1000 + seed, require_conflict=True)
+    plan = place_fleet(workloads, snap, mip_rel_gap=1e-9)
+    best = reference_fleet.fleet_optimum(workloads, snap)
+    if best is None:
+        assert plan.placed < len(workloads)
+        return
+    assert plan.method.startswith("milp")
+    assert plan.placed == len(workloads)
+    assert plan.cost_per_hour == pytest.approx(best.cost_per_hour, rel=1e-6)
+    assert reference_fleet.fleet_cost_of(workloads, snap, routes_of(plan)) == pytest.approx(plan.cost_per_hour,
+                                                                                          rel=1e-6)
+
+
+def engine_pool(builder):
+    pool = builder.build()
+    return pool_from_spec(pool.metadata.name, pool.spec)
+
+
+def engine_workload(builder):
+    w = builder.build()
+    return workload_from_spec(w.metadata.namespace, w.metadata.name, w.spec)
+
+
+def two_tenants_one_cheap_pool():
+    cheap = a_pool("cpu-cheap").cpu().site("cloud-eu").nodes(count=1, cpu="4", memory="8Gi").hourly(0.1)
+    dear = a_pool("cpu-dear").cpu().site("cloud-eu").nodes(count=4, cpu="4", memory="8Gi").hourly(0.3)
+    tenants = [engine_workload(a_workload(name).encoding("raw", 10_000)
+                               .variant("onnx", "cpu", latency_ms=10, tail_ms=15, concurrency=2, cpu="4", memory="4Gi")
+                               .slo(200).traffic("cloud-eu", 20)) for name in ("a", "b")]
+    return tenants, Snapshot((engine_pool(cheap), engine_pool(dear)))
+
+
+def test_a_workload_alone_gets_exactly_what_the_single_workload_engine_gives():
+    workloads, snap = two_tenants_one_cheap_pool()
+    plan = place_fleet(workloads[:1], snap)
+    assert plan.method == "solo-optimal" and plan.gap == 0
+    assert plan.decisions[0][1].groups == solve(workloads[0], snap).groups
+
+
+def test_two_tenants_that_want_the_same_cheap_node_share_it_out_and_the_gap_is_reported():
+    workloads, snap = two_tenants_one_cheap_pool()
+    plan = place_fleet(workloads, snap, mip_rel_gap=1e-9)
+    pools = sorted(g.pool for _, d in plan.decisions for g in d.groups)
+    assert pools == ["cpu-cheap", "cpu-dear"]
+    assert plan.cost_per_hour == pytest.approx(0.4)
+    assert plan.lower_bound_per_hour == pytest.approx(0.4)
+    assert plan.placed == 2 and plan.method == "milp"
+
+
+def test_a_fleet_too_big_for_the_pools_places_as_many_as_fit_and_says_why_the_rest_wait():
+    workloads, snap = two_tenants_one_cheap_pool()
+    small = Snapshot(tuple(dataclasses.replace(p, node_count=1) for p in snap.pools))
+    three = workloads + [dataclasses.replace(workloads[0], name="c")]
+    plan = place_fleet(three, small, mip_rel_gap=1e-9)
+    assert plan.placed == 2
+    waiting = [d for _, d in plan.decisions if not d.feasible]
+    assert len(waiting) == 1 and "no room beside the rest of the fleet" in waiting[0].reason
+    assert plan.lower_bound_per_hour <= plan.cost_per_hour + 1e-9
+
+
+def test_the_greedy_in_file_order_is_never_better_than_the_milp():
+    for seed in range(20):
+        workloads, snap = reference_fleet.small_fleet(2000 + seed, require_conflict=True)
+        plan = place_fleet(workloads, snap, mip_rel_gap=1e-9)
+        greedy = place_in_order(workloads, snap)
+        placed = sum(d.feasible for _, d in greedy)
+        cost = sum(d.cost_per_hour for _, d in greedy if d.feasible)
+        assert (plan.placed, -plan.cost_per_hour) >= (placed, -cost - 1e-9)
+
+
+def test_the_incremental_path_decides_one_workload_on_what_the_others_leave():
+    workloads, snap = two_tenants_one_cheap_pool()
+    first = solve(workloads[0], snap)
+    assert first.groups[0].pool == "cpu-cheap"
+    second = place_one(workloads[1], snap, [(workloads[0], first)])
+    assert second.feasible and second.groups[0].pool == "cpu-dear"
+    # the workload itself is not counted twice when it is among the others
+    again = place_one(workloads[0], snap, [(workloads[0], first), (workloads[1], second)])
+    assert again.groups[0].pool == "cpu-cheap"
+
+
+def test_every_returned_route_is_predicted_within_its_slo_under_the_fleets_own_link_load():
+    for seed in range(30):
+        workloads, snap = reference_fleet.small_fleet(3000 + seed, require_conflict=True)
+        plan = place_fleet(workloads, snap)
+        for w, d in plan.decisions:
+            for g in d.groups:
+                for r in g.routes:
+                    assert r.predicted_latency_ms <= w.slo_latency_ms + 1e-6
+                    assert r.link_utilization <= w.max_link_utilization + 1e-9
+                    assert math.isfinite(r.predicted_latency_ms)
