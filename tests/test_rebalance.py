@@ -1,0 +1,128 @@
+"""Rebalancing: hysteresis, the move budget, and the promise never to break what works."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+
+import pytest
+import reference_fleet
+from builders import a_pool, a_workload
+from test_fleet import engine_pool, engine_workload
+
+from hetplace.engine import Snapshot
+from hetplace.engine.fleet import place_fleet
+from hetplace.engine.measure import measure_fleet
+from hetplace.engine.observed import LinkObservation, with_links
+from hetplace.engine.rebalance import Running, plan_moves
+
+
+def cheap_and_dear(cheap_price: float, *, improvement: float = 10, cooldown: float = 300):
+    """One workload, two cpu pools; it runs on the dear one."""
+    workload = engine_workload(
+        a_workload("ranker").encoding("raw", 10_000)
+        .variant("onnx", "cpu", latency_ms=10, tail_ms=15, concurrency=2, cpu="4", memory="4Gi")
+        .slo(200).traffic("cloud-eu", 20)
+        .policy(rebalance={"minImprovementPercent": improvement, "cooldownSeconds": cooldown}))
+    dear = engine_pool(a_pool("cpu-dear").cpu().site("cloud-eu").hourly(0.30))
+    cheap = engine_pool(a_pool("cpu-cheap").cpu().site("cloud-eu").hourly(cheap_price))
+    on_dear = place_fleet([workload], Snapshot((dear,))).decisions[0][1]
+    return workload, Snapshot((dear, cheap)), on_dear
+
+
+@pytest.mark.parametrize("cheap_price, last_move_s, now_s, moves", [
+    (0.28, 0, 1000, False),     # saves 6.7%: under the 10% threshold
+    (0.20, 0, 1000, True),      # saves 33%, last move long ago
+    (0.20, 900, 1000, False),   # saves 33%, but moved 100 s ago (cooldown 300 s)
+    (0.20, None, 0, True),      # never moved since it was placed by someone else: no cooldown to wait
+], ids=["a saving under minImprovementPercent is not worth a move",
+        "a large saving moves once the cooldown has passed",
+        "a large saving waits for the cooldown",
+        "a workload with no recorded move is not cooling down"])
+def test_hysteresis_on_savings(cheap_price, last_move_s, now_s, moves):
+    w, snap, on_dear = cheap_and_dear(cheap_price)
+    plan = plan_moves([w], snap, {w.key: Running(on_dear, last_move_s)}, now_s)
+    assert bool(plan.moves) is moves
+    if moves:
+        assert plan.moves[0].reason == "saving" and plan.moves[0].saving_per_hour > 0
+        assert plan.decisions[w.key].groups[0].pool == "cpu-cheap"
+    else:
+        assert plan.decisions[w.key] is on_dear
+        assert plan.held and plan.held[0].workload == w.key
+        assert ("minImprovementPercent" in plan.held[0].why) or ("cooldownSeconds" in plan.held[0].why)
+
+
+def test_an_slo_repair_does_not_wait_for_the_cooldown():
+    w, snap, on_dear = cheap_and_dear(0.29)
+    down = Snapshot(tuple(dataclasses.replace(p, down=p.name == "cpu-dear") for p in snap.pools))
+    plan = plan_moves([w], down, {w.key: Running(on_dear, 990)}, 1000)
+    assert [m.reason for m in plan.moves] == ["repair"]
+    assert "cpu-dear is down" in plan.moves[0].why
+    assert plan.decisions[w.key].groups[0].pool == "cpu-cheap"
+    assert plan.broken == ()
+
+
+def test_a_broken_workload_with_nowhere_to_go_stays_where_it_is_and_says_why():
+    w, snap, on_dear = cheap_and_dear(0.29)
+    down = Snapshot(tuple(dataclasses.replace(p, down=True) for p in snap.pools))
+    plan = plan_moves([w], down, {w.key: Running(on_dear, 0)}, 1000)
+    assert plan.moves == ()
+    assert plan.decisions[w.key] is on_dear
+    assert "no feasible placement to repair it" in plan.held[0].why
+    assert plan.broken == (w.key,)
+
+
+def test_at_most_max_moves_per_cycle_and_repairs_go_first():
+    tenants = [engine_workload(
+        a_workload(f"ranker-{i}").encoding("raw", 10_000)
+        .variant("onnx", "cpu", latency_ms=10, tail_ms=15, concurrency=2, cpu="1", memory="1Gi")
+        .slo(200).traffic("cloud-eu", 5 + i)) for i in range(4)]
+    old = engine_pool(a_pool("cpu-old").cpu().site("cloud-eu").hourly(0.30))
+    new = engine_pool(a_pool("cpu-new").cpu().site("cloud-eu").hourly(0.10))
+    placed = place_fleet(tenants, Snapshot((old,))).by_key
+    running = {w.key: Running(placed[w.key], 0) for w in tenants}
+    snap = Snapshot((dataclasses.replace(old, down=True), new))
+    plan = plan_moves(tenants, snap, running, 1000, max_moves=3)
+    assert len(plan.moves) == 3 and all(m.reason == "repair" for m in plan.moves)
+    held = [h for h in plan.held if "max 3 moves" in h.why]
+    assert len(held) == 1
+    # the most traffic is repaired first
+    assert held[0].workload == "default/ranker-0"
+
+
+def test_nothing_moves_when_nothing_changed():
+    for seed in range(10):
+        workloads, snap = reference_fleet.small_fleet(4000 + seed)
+        target = place_fleet(workloads, snap)
+        running = {w.key: Running(d, 0) for w, d in target.decisions if d.feasible}
+        plan = plan_moves(workloads, snap, running, 10_000)
+        assert plan.migrations == 0, [m.why for m in plan.moves]
+
+
+@pytest.mark.parametrize("seed", range(40), ids=lambda s: f"links drop, fleet {s}")
+def test_a_cycle_never_turns_a_workload_that_meets_its_slo_into_one_that_misses_it(seed):
+    workloads, snap = reference_fleet.small_fleet(5000 + seed)
+    start = place_fleet(workloads, snap)
+    running = {w.key: Running(d, 0) for w, d in start.decisions if d.feasible}
+    rnd = random.Random(seed)
+    drops = [LinkObservation(site, p.name, link.bandwidth_kbps * rnd.choice([0.1, 0.3, 0.6, 1.5]), link.rtt_ms)
+             for p in snap.pools for site, link in p.links.items() if rnd.random() < 0.6]
+    pools = with_links(snap.pools, drops)
+    if rnd.random() < 0.3:
+        pools = tuple(dataclasses.replace(p, down=True) if i == 0 else p for i, p in enumerate(pools))
+    now = Snapshot(pools)
+    before = {(m.workload, m.site): m.within_slo
+              for m in measure_fleet([(w, running[w.key].decision if w.key in running else None) for w in workloads], now.pools)}
+    plan = plan_moves(workloads, now, running, 1000, max_moves=1)
+    after = {(m.workload, m.site): m.within_slo
+             for m in measure_fleet([(w, plan.decisions.get(w.key)) for w in workloads], now.pools)}
+    for key, fine in before.items():
+        if fine and all(before[k] for k in before if k[0] == key[0]):
+            assert after[key], f"{key} met its SLO before the cycle and misses it after"
+    assert plan.migrations <= 1
+    pool_region = {p.name: p.region for p in now.pools}
+    for m in plan.moves:
+        w = next(w for w in workloads if w.key == m.workload)
+        assert all(not w.regions or pool_region[g.pool] in w.regions for g in m.after.groups)
+        assert all(not w.pools or g.pool in w.pools for g in m.after.groups)
+        assert all(r.site for g in m.after.groups for r in g.routes)
