@@ -12,11 +12,12 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
-# The factory example, nominal and with the factory uplink at 250 KB/s, and what moved.
+DEMO_PLOT := demo-out/factory-bandwidth-drop.png
+
+# The factory's uplink drops to 250 KB/s for 30 minutes: every policy compared, and the plot.
 demo: $(STAMP)
-	$(BIN)/hetplace explain -f manifests/examples/factory/workload.yaml \
-	  --pools manifests/examples/factory/pools \
-	  --telemetry manifests/examples/factory/telemetry-250kbps.yaml --compare
+	$(BIN)/hetplace simulate manifests/examples/factory-bandwidth-drop.yaml --policy all --plot $(DEMO_PLOT)
+	@echo "The plot (each route's latency against its SLO per policy, and cost) is at $(CURDIR)/$(DEMO_PLOT)"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -n 2 -q
@@ -28,4 +29,4 @@ crds: $(STAMP)
 	$(BIN)/hetplace crds --out crds/
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis
+	rm -rf $(VENV) .pytest_cache .hypothesis demo-out

@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "bench"), str(ROOT / "tests")]
 
 import fleet  # noqa: E402
+import fleet_bench  # noqa: E402
 import reference_model  # noqa: E402
 
 from hetplace.engine import solve  # noqa: E402
@@ -104,20 +105,35 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, for the test suite")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    parser.add_argument("--only", action="append", default=[], help="run only this benchmark (repeatable)")
     args = parser.parse_args()
     instances = 3 if args.smoke else 200
     sites = [8] if args.smoke else [2, 4, 6, 8, 10]
     args.out.mkdir(parents=True, exist_ok=True)
-    command = "python bench/run.py" + (" --smoke" if args.smoke else "")
-    for result in (decision_latency(instances, sites),
-                   exactness(2, SMOKE_SIZES) if args.smoke else exactness(30, SMOKE_SIZES + FULL_SIZES)):
+    command = "python bench/run.py" + (" --smoke" if args.smoke else "") + "".join(f" --only {o}" for o in args.only)
+    benchmarks = {
+        "decision-latency": lambda: decision_latency(instances, sites),
+        "exactness-vs-brute-force": lambda: exactness(2, SMOKE_SIZES) if args.smoke else
+        exactness(30, SMOKE_SIZES + FULL_SIZES),
+        "fleet-optimality": lambda: fleet_bench.fleet_optimality([30], [3, 10], [0.95], 20) if args.smoke else
+        fleet_bench.fleet_optimality([100, 1000, 10000], [3, 10, 50], [0.7, 0.95], 120),
+        "incremental-latency": lambda: fleet_bench.incremental_latency(200, 10, 20) if args.smoke else
+        fleet_bench.incremental_latency(10_000, 50, 300),
+    }
+    unknown = set(args.only) - set(benchmarks)
+    if unknown:
+        parser.error(f"unknown benchmark(s) {sorted(unknown)}; known: {sorted(benchmarks)}")
+    for name, run in benchmarks.items():
+        if args.only and name not in args.only:
+            continue
+        result = run()
         result.update(machine=machine(), command=command, when=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
         (args.out / f"{result['name']}.json").write_text(json.dumps(result, indent=2) + "\n")
         print(f"\n{result['name']} ({result['goal']})")
-        keys = list(result["rows"][0])
+        keys = list(dict.fromkeys(k for row in result["rows"] for k in row))
         print(" | ".join(keys))
         for row in result["rows"]:
-            print(" | ".join(str(row[k]) for k in keys))
+            print(" | ".join(str(row.get(k, "")) for k in keys))
 
 
 if __name__ == "__main__":

@@ -1,11 +1,15 @@
-"""Fluent builders of ComputePools and InferenceWorkloads: defaults everywhere, tests state what matters."""
+"""Fluent builders of ComputePools, InferenceWorkloads and Scenarios: defaults everywhere, tests state what matters."""
 
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 from typing import Any
 
+import yaml
+
 from hetplace.api.models import API_VERSION, ComputePool, InferenceWorkload
+from hetplace.api.scenario import Scenario
 
 
 class PoolBuilder:
@@ -186,12 +190,59 @@ class WorkloadBuilder:
         return InferenceWorkload.model_validate(self.raw())
 
 
+class ScenarioBuilder:
+    """a_scenario(duration_s=600, step_s=60).link_at(120, "factory-eu-1", "cpu-cloud-eu", kbps=250)
+                                           .pool_down_at(300, "gpu-cloud-eu")
+
+    Each call adds one event, in the order given (several events may share a second).
+    """
+
+    def __init__(self, name: str, duration_s: float, step_s: float) -> None:
+        self._document: dict[str, Any] = {
+            "apiVersion": API_VERSION, "kind": "Scenario", "metadata": {"name": name},
+            "durationSeconds": duration_s, "stepSeconds": step_s, "events": [],
+        }
+
+    def link_at(self, at: float, site: str, pool: str, kbps: float, rtt_ms: float = 25) -> ScenarioBuilder:
+        return self._event(at, links=[{"site": site, "pool": pool, "bandwidthKBps": kbps, "rttMs": rtt_ms}])
+
+    def traffic_at(self, at: float, workload: str, site: str, requests_per_second: float) -> ScenarioBuilder:
+        return self._event(at, traffic=[{"workload": workload, "site": site, "requestsPerSecond": requests_per_second}])
+
+    def pool_down_at(self, at: float, pool: str) -> ScenarioBuilder:
+        return self._event(at, poolDown=pool)
+
+    def pool_up_at(self, at: float, pool: str) -> ScenarioBuilder:
+        return self._event(at, poolUp=pool)
+
+    def _event(self, at: float, **change: Any) -> ScenarioBuilder:
+        self._document["events"].append({"at": at, **change})
+        return self
+
+    def raw(self) -> dict[str, Any]:
+        return copy.deepcopy(self._document)
+
+    def build(self) -> Scenario:
+        return Scenario.model_validate(self.raw())
+
+
+def write_manifests(path: Path, *objects: PoolBuilder | WorkloadBuilder | ScenarioBuilder | dict[str, Any]) -> Path:
+    """One multi-document YAML file holding the objects (builders or raw dicts), as a user writes it."""
+    documents = [o if isinstance(o, dict) else o.raw() for o in objects]
+    path.write_text(yaml.safe_dump_all(documents, sort_keys=False), encoding="utf-8")
+    return path
+
+
 def a_pool(name: str = "cpu-cloud-eu") -> PoolBuilder:
     return PoolBuilder(name)
 
 
 def a_workload(name: str = "defect-detector", namespace: str = "default") -> WorkloadBuilder:
     return WorkloadBuilder(name, namespace)
+
+
+def a_scenario(name: str = "trace", duration_s: float = 600, step_s: float = 60) -> ScenarioBuilder:
+    return ScenarioBuilder(name, duration_s, step_s)
 
 
 DELETE: Any = object()

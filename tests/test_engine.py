@@ -257,7 +257,7 @@ IMPURE = {"kopf", "kubernetes", "requests", "urllib", "http", "socket", "aiohttp
           "tritonclient", "prometheus_client", "os", "subprocess", "random"}
 
 
-@pytest.mark.parametrize("package", ["engine"])   # render joins when it has code (issue #4)
+@pytest.mark.parametrize("package", ["engine", "sim"])   # render joins when it has code (issue #4)
 def test_pure_packages_import_no_io(package):
     root = REPO / "operator" / "hetplace" / package
     modules = list(root.rglob("*.py"))
@@ -278,6 +278,14 @@ def test_the_bundled_factory_example_is_the_shared_worked_example():
     ours = load_manifests([FACTORY / "pools", FACTORY / "workload.yaml"])
     assert {p.name: p.wire() for p in theirs.pools} == {p.name: p.wire() for p in ours.pools}
     assert [w.wire() for w in theirs.workloads] == [w.wire() for w in ours.workloads]
+
+
+def test_the_bundled_bandwidth_drop_scenario_is_the_shared_one_byte_for_byte():
+    shared = REPO.parent / "shared" / "examples" / "factory.yaml"
+    if not shared.exists():
+        pytest.skip("the shared examples are not beside this checkout")
+    bundled = REPO / "manifests" / "examples" / "factory-bandwidth-drop.yaml"
+    assert bundled.read_bytes() == shared.read_bytes(), f"copy {shared} to {bundled} again"
 
 
 def test_below_p90_the_mean_service_time_bounds_how_many_replicas_are_tried():

@@ -17,6 +17,7 @@ from builders import a_pool, a_workload
 from hetplace.engine import Snapshot, solve
 from hetplace.engine.from_api import pool_from_spec, workload_from_spec
 from hetplace.engine.fleet import place_fleet, place_in_order, place_one
+from hetplace.engine.usage import Ledger
 
 SEEDS = range(60)
 
@@ -118,11 +119,15 @@ def test_the_incremental_path_decides_one_workload_on_what_the_others_leave():
     workloads, snap = two_tenants_one_cheap_pool()
     first = solve(workloads[0], snap)
     assert first.groups[0].pool == "cpu-cheap"
-    second = place_one(workloads[1], snap, [(workloads[0], first)])
+    ledger = Ledger([(workloads[0], first)])
+    second = place_one(workloads[1], snap, ledger)
     assert second.feasible and second.groups[0].pool == "cpu-dear"
-    # the workload itself is not counted twice when it is among the others
-    again = place_one(workloads[0], snap, [(workloads[0], first), (workloads[1], second)])
+    ledger.add(workloads[1], second)
+    # the workload's own current placement does not count against it, and the ledger is left as it was
+    before = (dict(ledger.pool_used), dict(ledger.link_load))
+    again = place_one(workloads[0], snap, ledger, current=first)
     assert again.groups[0].pool == "cpu-cheap"
+    assert (dict(ledger.pool_used), dict(ledger.link_load)) == before
 
 
 def test_every_returned_route_is_predicted_within_its_slo_under_the_fleets_own_link_load():

@@ -1,4 +1,4 @@
-"""The `hetplace` command line: explain, crds (and later run, simulate, render)."""
+"""The `hetplace` command line: explain, simulate, crds (and later run, render)."""
 
 from __future__ import annotations
 
@@ -15,9 +15,11 @@ from rich.console import Console
 from rich.text import Text
 
 from hetplace.api.errors import InvalidObject
+from hetplace.sim import POLICIES
 
 EXIT_INFEASIBLE = 3
 EXIT_INVALID = 2
+LONG_RUN_STEPS = 2000      # steps x policies from which a progress bar is shown even when stderr is no terminal
 
 
 def user_errors(command: Callable) -> Callable:
@@ -104,6 +106,60 @@ def explain(workload_file: Path, pools_path: Path | None, telemetry_path: Path |
         click.echo(f"infeasible: {d.workload}: {d.reason}", err=True)
     if infeasible:
         sys.exit(EXIT_INFEASIBLE)
+
+
+@main.command()
+@click.argument("scenario_paths", metavar="SCENARIO...", nargs=-1, required=True,
+                type=click.Path(exists=True, path_type=Path))
+@click.option("--policy", "policies", multiple=True, type=click.Choice([*POLICIES, "all"]),
+              help="A policy to run; repeat for several, or `all` for every one (default: hetplace).")
+@click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write a PNG: each route's latency against its SLO over time per policy, and cost.")
+@click.option("--progress/--no-progress", default=None,
+              help=f"A progress bar on stderr (default: when stderr is a terminal or the run has at least "
+                   f"{LONG_RUN_STEPS} steps x policies).")
+@user_errors
+def simulate(scenario_paths: tuple[Path, ...], policies: tuple[str, ...], output: str, plot_path: Path | None,
+             progress: bool | None) -> None:
+    """Run a scenario through the control loop and compare policies, without a cluster.
+
+    SCENARIO is one or more files or directories of YAML holding the ComputePool and
+    InferenceWorkload manifests and exactly one `kind: Scenario` document
+    {durationSeconds, stepSeconds, events: [{at, links, traffic, poolDown, poolUp}]}.
+    Decisions take effect one step after the state they saw; the first placement is deployed
+    before traffic starts and serves from t = 0. `oracle` is the optimum of each step, at that step.
+
+    Exit status: 0 ran (whatever the attainment), 2 invalid input.
+    """
+    from hetplace.api.load import load_manifests
+    from hetplace.sim import report
+    from hetplace.sim.runner import simulate as run_scenario
+    from hetplace.sim.trace import trace_from_manifests
+
+    names = POLICIES if "all" in policies else tuple(dict.fromkeys(policies or ("hetplace",)))
+    trace = trace_from_manifests(load_manifests(list(scenario_paths)), ", ".join(map(str, scenario_paths)))
+    steps = len(trace.step_times) * len(names)
+    if progress if progress is not None else (sys.stderr.isatty() or steps >= LONG_RUN_STEPS):
+        from rich.progress import Progress
+
+        with Progress(console=Console(stderr=True), transient=sys.stderr.isatty()) as bar:
+            task = bar.add_task(f"simulating {trace.name}", total=steps)
+            sim = run_scenario(trace, names, on_step=lambda policy: bar.update(
+                task, advance=1, description=f"simulating {trace.name}: {policy}"))
+    else:
+        sim = run_scenario(trace, names)
+
+    if output == "json":
+        click.echo(json.dumps(report.simulation_json(sim), indent=2))
+    else:
+        report.print_simulation(Console(width=None if sys.stdout.isatty() else 160), sim)
+    if plot_path is not None:
+        from hetplace.sim.plot import plot_simulation
+
+        plot_path.parent.mkdir(parents=True, exist_ok=True)
+        plot_simulation(sim, plot_path)
+        click.echo(f"plot written to {plot_path}", err=True)
 
 
 @main.command("crds")

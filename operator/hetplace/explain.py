@@ -13,11 +13,10 @@ from rich.text import Text
 from hetplace.api.errors import InvalidObject, Problem
 from hetplace.api.load import load_manifests, load_telemetry
 from hetplace.api.models import InferenceWorkload
-from hetplace.api.telemetry import TelemetryFile
-from hetplace.engine import Decision, Snapshot, assignment_of, describe_moves, evaluate, solve
+from hetplace.engine import Decision, Snapshot, assignment_of, describe_moves, evaluate
 from hetplace.engine.evaluate import encodings_of, why_sites_cannot_stay
-from hetplace.engine.from_api import pool_from_spec, workload_from_spec
-from hetplace.engine.observed import LinkObservation, TrafficObservation, with_links, with_traffic
+from hetplace.engine.from_api import observations_from, pool_from_spec
+from hetplace.engine.observed import with_links, with_traffic
 from hetplace.engine.snapshot import Pool, Workload
 from hetplace.engine.fleet import place_in_order
 
@@ -44,41 +43,14 @@ def read_inputs(workload_file: Path, pools_path: Path | None) -> tuple[list[Infe
     return own.workloads, pools
 
 
-def _resolve_workload(ref: str, workloads: list[Workload]) -> tuple[str | None, str]:
-    """NAMESPACE/NAME for a telemetry reference; a bare NAME matches the one workload of that name."""
-    if "/" in ref:
-        return (ref, "") if ref in {w.key for w in workloads} else (None, "no such InferenceWorkload")
-    named = sorted(w.key for w in workloads if w.name == ref)
-    if len(named) == 1:
-        return named[0], ""
-    if not named:
-        return None, "no such InferenceWorkload"
-    return None, f"matches {', '.join(named)}; write NAMESPACE/NAME"
-
-
-def _check_links(telemetry: TelemetryFile, pools: tuple[Pool, ...]) -> list[Problem]:
-    known = {p.name for p in pools}
-    return [Problem(f"links[{i}].pool", o.pool, f"no such ComputePool (known: {', '.join(sorted(known))})")
-            for i, o in enumerate(telemetry.links) if o.pool not in known]
-
-
 def observe(pools: tuple[Pool, ...], workloads: list[Workload], telemetry_path: Path | None):
     """Lay a telemetry file over the declared pools and workloads."""
     if telemetry_path is None:
         return pools, workloads
     telemetry = load_telemetry(telemetry_path)
-    problems = _check_links(telemetry, pools)
-    traffic = []
-    known = ", ".join(sorted(w.key for w in workloads))
-    for i, o in enumerate(telemetry.traffic):
-        key, why = _resolve_workload(o.workload, workloads)
-        if key is None:
-            problems.append(Problem(f"traffic[{i}].workload", o.workload, f"{why} (known: {known})"))
-        else:
-            traffic.append(TrafficObservation(key, o.site, o.requests_per_second))
+    links, traffic, problems = observations_from(telemetry.links, telemetry.traffic, pools, workloads)
     if problems:
         raise InvalidObject(problems, source=str(telemetry_path), kind="Telemetry")
-    links = [LinkObservation(o.site, o.pool, o.bandwidth_kbps, o.rtt_ms) for o in telemetry.links]
     return with_links(pools, links), [with_traffic(w, traffic) for w in workloads]
 
 

@@ -14,7 +14,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 from hetplace.engine.decision import Decision
 from hetplace.engine.optimise import solve
 from hetplace.engine.snapshot import Snapshot, Workload
-from hetplace.engine.usage import with_placed
+from hetplace.engine.usage import Ledger, with_placed
 
 Clock = Callable[[], float]
 
@@ -62,12 +62,20 @@ def place_in_order(workloads: Iterable[Workload], snapshot: Snapshot) -> list[tu
     return decided
 
 
-def place_one(w: Workload, snapshot: Snapshot, others: Iterable[tuple[Workload, Decision]]) -> Decision:
-    """The incremental path: `w` decided on what every other placed workload leaves."""
-    for other, decision in others:
-        if other.key != w.key and decision.feasible:
-            snapshot = with_placed(snapshot, other, decision)
-    return solve(w, snapshot)
+def place_one(w: Workload, snapshot: Snapshot, placed: Ledger, current: Decision | None = None) -> Decision:
+    """The incremental path: `w` decided on what every other placed workload leaves.
+
+    `placed` is the ledger of everything deployed, kept by the caller across decisions (adding
+    and removing one placement is cheap); `current`, if `w` is among them, is taken out while
+    `w` is decided and put back, so the ledger is unchanged on return.
+    """
+    if current is not None:
+        placed.remove(w, current)
+    try:
+        return solve(w, placed.charged(snapshot))
+    finally:
+        if current is not None:
+            placed.add(w, current)
 
 
 def place_fleet(workloads: Sequence[Workload], snapshot: Snapshot, *, time_limit_s: float = 10.0,

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Iterable, Sequence
+
+from hetplace.api import telemetry as api_telemetry
+from hetplace.api.errors import Problem
 from hetplace.api.pool import ComputePoolSpec
 from hetplace.api.workload import InferenceWorkloadSpec
+from hetplace.engine.observed import LinkObservation, TrafficObservation
 from hetplace.engine.snapshot import Encoding, LinkState, Pool, Resources, Traffic, Variant, Workload
 
 
@@ -63,3 +68,41 @@ def workload_from_spec(namespace: str, name: str, spec: InferenceWorkloadSpec) -
         min_improvement_percent=spec.policy.rebalance.min_improvement_percent,
         cooldown_seconds=spec.policy.rebalance.cooldown_seconds,
     )
+
+
+def observations_from(links: Sequence[api_telemetry.LinkObservation],
+                      traffic: Sequence[api_telemetry.TrafficObservation],
+                      pools: Iterable[Pool], workloads: Iterable[Workload],
+                      field_prefix: str = "") -> tuple[list[LinkObservation], list[TrafficObservation], list[Problem]]:
+    """Observed links and traffic (a telemetry file, a scenario event) as the engine reads them, and
+    a problem for each one that names a pool or workload that does not exist (`field_prefix`
+    places the field, e.g. "events[2].")."""
+    pool_names = {p.name for p in pools}
+    workloads = list(workloads)
+    known_workloads = ", ".join(sorted(w.key for w in workloads))
+    problems = [Problem(f"{field_prefix}links[{i}].pool", o.pool,
+                        f"no such ComputePool (known: {', '.join(sorted(pool_names))})")
+                for i, o in enumerate(links) if o.pool not in pool_names]
+    observed_traffic = []
+    for i, o in enumerate(traffic):
+        key, why = resolve_workload(o.workload, workloads)
+        if key is None:
+            problems.append(Problem(f"{field_prefix}traffic[{i}].workload", o.workload,
+                                    f"{why} (known: {known_workloads})"))
+        else:
+            observed_traffic.append(TrafficObservation(key, o.site, o.requests_per_second))
+    observed_links = [LinkObservation(o.site, o.pool, o.bandwidth_kbps, o.rtt_ms) for o in links]
+    return observed_links, observed_traffic, problems
+
+
+def resolve_workload(ref: str, workloads: Iterable[Workload]) -> tuple[str | None, str]:
+    """NAMESPACE/NAME for a reference to a workload; a bare NAME matches the one workload of that name."""
+    workloads = list(workloads)
+    if "/" in ref:
+        return (ref, "") if ref in {w.key for w in workloads} else (None, "no such InferenceWorkload")
+    named = sorted(w.key for w in workloads if w.name == ref)
+    if len(named) == 1:
+        return named[0], ""
+    if not named:
+        return None, "no such InferenceWorkload"
+    return None, f"matches {', '.join(named)}; write NAMESPACE/NAME"
