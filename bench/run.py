@@ -119,6 +119,8 @@ def main() -> None:
         fleet_bench.fleet_optimality([100, 1000, 10000], [3, 10, 50], [0.7, 0.95], 120),
         "incremental-latency": lambda: fleet_bench.incremental_latency(200, 10, 20) if args.smoke else
         fleet_bench.incremental_latency(10_000, 50, 300),
+        "policy-quality": lambda: fleet_bench.policy_quality((10, 6, 24, 3600) if args.smoke else (40, 10, 24, 600)),
+        "stability": lambda: fleet_bench.stability((10, 6, 2, 600) if args.smoke else (40, 10, 6, 300)),
     }
     unknown = set(args.only) - set(benchmarks)
     if unknown:

@@ -249,6 +249,7 @@ def _vector(r: Resources) -> np.ndarray:
 # --- the solver ---------------------------------------------------------------------------------
 
 EXHAUSTIVE_FLEET_SIZE = 12      # up to this many workloads, every encoding combination and more replicas
+RELAX_AND_FIX_PIECES = 4000     # above this many pieces, workloads the LP settles are fixed before the MILP
 
 
 def pieces_of_decision(w: Workload, index: int, d: Decision, snap: Snapshot) -> list[Piece]:
@@ -302,31 +303,24 @@ def solve_fleet(workloads: Sequence[Workload], snapshot: Snapshot, *, time_limit
     greedy = _greedy(workloads, offered, solo_pieces, snapshot)
     model = _model(workloads, offered, snapshot)
     left = lambda: max(0.1, time_limit_s - elapsed())   # noqa: E731
-    # Phase 1 places as many workloads as it can (leaving one out costs more than any placement),
-    # cut off at the greedy's objective. If some stay out, phase 2 re-optimises the cost with that
-    # many out, so the relative gap speaks of dollars, not of penalties.
-    found, proven = model.solve(model.objective(penalised=True), None, model.value(greedy, True), left(),
-                                mip_rel_gap)
+    # One MILP places as many workloads as it can (leaving one out costs more than any placement)
+    # at the least cost, cut off at the greedy's objective. The penalties inflate the objective, so
+    # the relative gap HiGHS stops at is scaled to speak of the fleet's dollars.
+    cutoff = model.value(greedy, True)
+    dollars = max(model.value(greedy, False), 1e-9)
+    found, proven = model.solve(model.objective(penalised=True), None, cutoff, left(),
+                                max(1e-9, mip_rel_gap * dollars / cutoff), left)
     if found is None:
         chosen, method, proven = greedy, "greedy", 0.0
     else:
         chosen, method = found
-        left_out = sum(1 for c in chosen if not c)
-        if left_out:
-            again, proven = model.solve(model.objective(penalised=False), left_out, model.value(chosen, False),
-                                        left(), mip_rel_gap)
-            if again is not None:
-                chosen, method = again[0], _worse(method, again[1])
+        proven -= UNPLACED_PENALTY_PER_HOUR * sum(1 for c in chosen if not c)
         chosen = _polished(chosen, offered, snapshot)
     left_out = sum(1 for c in chosen if not c)
     bound = model.lp_bound(left_out, left())
     if left_out == 0:
         bound = max(bound, solo_bound)
     return plan(chosen, method, bound, proven)
-
-
-def _worse(a: str, b: str) -> str:
-    return "milp-time-limit" if "milp-time-limit" in (a, b) else "milp"
 
 
 def _fit_together(chosen: Sequence[Sequence[Piece]], snap: Snapshot) -> bool:
@@ -404,17 +398,47 @@ class _Model:
         return rows
 
     def solve(self, c: np.ndarray, left_out: int | None, cutoff: float | None, time_limit_s: float,
-              mip_rel_gap: float) -> tuple[tuple[list[list[Piece]], str] | None, float]:
-        """((pieces per workload, method), HiGHS's proven bound on the objective), or (None, 0)."""
-        result = milp(c, integrality=np.ones_like(c), bounds=self.bounds, constraints=self._rows(c, left_out, cutoff),
-                      options={"time_limit": time_limit_s, "mip_rel_gap": mip_rel_gap})
+              mip_rel_gap: float, clock_left=None) -> tuple[tuple[list[list[Piece]], str] | None, float]:
+        """((pieces per workload, method), a proven bound on the objective), or (None, 0).
+
+        Above RELAX_AND_FIX_PIECES the LP relaxation is solved first and every workload it places
+        integrally is fixed there; the MILP then decides only the contested ones (most of a large
+        fleet is not: its own cheapest pieces fit). The LP value is then the proven bound.
+        """
+        rows = self._rows(c, left_out, cutoff)
+        left = clock_left or (lambda: time_limit_s)
+        bounds, method, lp_value = self.bounds, "milp", None
+        if len(self.pieces) > RELAX_AND_FIX_PIECES:
+            lp = milp(c, integrality=np.zeros_like(c), bounds=self.bounds, constraints=rows,
+                      options={"time_limit": max(0.1, left() / 3)})
+            if lp.status == 0:
+                bounds, lp_value, method = self._fixed_where_integral(lp.x), float(lp.fun), "milp-relax-and-fix"
+        result = milp(c, integrality=np.ones_like(c), bounds=bounds, constraints=rows,
+                      options={"time_limit": max(0.1, left()), "mip_rel_gap": mip_rel_gap})
+        if (result.x is None or result.status not in (0, 1)) and bounds is not self.bounds:
+            method = "milp"
+            result = milp(c, integrality=np.ones_like(c), bounds=self.bounds, constraints=rows,
+                          options={"time_limit": max(0.1, left()), "mip_rel_gap": mip_rel_gap})
         if result.x is None or result.status not in (0, 1):
             return None, 0.0
         chosen: list[list[Piece]] = [[] for _ in range(self.workloads)]
         for i in np.nonzero(result.x[: len(self.pieces)] > 0.5)[0]:
             chosen[self.pieces[i].workload].append(self.pieces[i])
-        proven = float(getattr(result, "mip_dual_bound", 0.0) or 0.0) - self.tie_break_slack
-        return (chosen, "milp" if result.status == 0 else "milp-time-limit"), proven
+        proven = lp_value if method == "milp-relax-and-fix" else float(getattr(result, "mip_dual_bound", 0.0) or 0.0)
+        if result.status != 0:
+            method += "-time-limit"
+        return (chosen, method), proven - self.tie_break_slack
+
+    def _fixed_where_integral(self, x: np.ndarray) -> Bounds:
+        """Bounds with the columns of every workload the LP placed integrally fixed to the LP's values."""
+        owner = np.concatenate([[p.workload for p in self.pieces], np.arange(self.workloads)])
+        fractional = np.abs(x - np.round(x)) > 1e-6
+        unsettled = np.zeros(self.workloads, dtype=bool)
+        np.logical_or.at(unsettled, owner, fractional)
+        fix = ~unsettled[owner]
+        lower, upper = self.bounds.lb.copy(), self.bounds.ub.copy()
+        lower[fix] = upper[fix] = np.round(x[fix])
+        return Bounds(lower, upper)
 
     def lp_bound(self, left_out: int, time_limit_s: float) -> float:
         """The LP relaxation's cost with exactly `left_out` workloads unplaced: a lower bound on the
@@ -472,8 +496,10 @@ def _model(workloads, offered, snap: Snapshot) -> _Model:
         free = _vector(pools[name].capacity) - _vector(snap.pool_used.get(name, Resources()))
         for k in range(3):
             usage = [(j, pieces[j].replicas * _vector(pieces[j].request)[k]) for j in js]
-            worst = sum(max((a for j, a in usage if pieces[j].workload == i), default=0.0)
-                        for i in {pieces[j].workload for j in js})
+            most_by_workload: dict[int, float] = defaultdict(float)
+            for j, a in usage:
+                most_by_workload[pieces[j].workload] = max(most_by_workload[pieces[j].workload], a)
+            worst = sum(most_by_workload.values())
             if worst > free[k] + 1e-9:
                 row([(j, a) for j, a in usage if a > 0], -np.inf, free[k] + 1e-9 * max(1.0, abs(free[k])))
     for link, users in on_link.items():

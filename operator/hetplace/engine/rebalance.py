@@ -121,10 +121,9 @@ def plan_moves(workloads: Sequence[Workload], snapshot: Snapshot, running: Mappi
     state = dict(deployed)
     ledger = Ledger((by_key[k], d) for k, d in state.items())
     moves: list[Move] = []
-    for _, w, reason, why in sorted(candidates, key=lambda c: c[0]):
-        if reason != "place" and sum(m.reason != "place" for m in moves) >= max_moves:
-            held.append(Hold(w.key, f"{why}, but this cycle already has max {max_moves} moves"))
-            continue
+
+    def try_move(w: Workload, reason: MoveReason, why: str) -> str | None:
+        """Apply w's move if it still fits beside everything else and harms no one; else say why not."""
         before = state.get(w.key)
         if before is not None:
             ledger.remove(w, before)
@@ -135,13 +134,49 @@ def plan_moves(workloads: Sequence[Workload], snapshot: Snapshot, running: Mappi
         if verdict is not None:
             if before is not None:
                 ledger.add(w, before)
-            held.append(Hold(w.key, f"{why}, but {verdict}"))
-            continue
+            return verdict
         ledger.add(w, after)
         state[w.key] = after
         saving = before.cost_per_hour - after.cost_per_hour if before is not None else 0.0
         moves.append(Move(w.key, reason, before, after, saving, why))
+        return None
 
+    def undo(move: Move) -> None:
+        w = by_key[move.workload]
+        ledger.remove(w, move.after)
+        if move.before is not None:
+            ledger.add(w, move.before)
+            state[w.key] = move.before
+        else:
+            state.pop(w.key, None)
+        moves.remove(move)
+
+    def budget_left() -> int:
+        return max_moves - sum(m.reason != "place" for m in moves)
+
+    for _, w, reason, why in sorted(candidates, key=lambda c: c[0]):
+        if reason != "place" and budget_left() <= 0:
+            held.append(Hold(w.key, f"{why}, but this cycle already has max {max_moves} moves"))
+            continue
+        verdict = try_move(w, reason, why)
+        if verdict is not None and reason == "repair":
+            # The target may have made room for this repair by moving workloads that hysteresis
+            # holds (a saving too small to be worth a move on its own): a repair is worth it.
+            room = []
+            for blocker in _in_the_way(w, wanted, state, moves, by_key):
+                if budget_left() <= 1:
+                    break
+                if try_move(by_key[blocker], "repair", f"makes room to repair {w.key}") is None:
+                    room.append(moves[-1])
+            verdict = try_move(w, reason, why) if room else verdict
+            if verdict is not None:
+                for move in reversed(room):
+                    undo(move)
+        if verdict is not None:
+            held.append(Hold(w.key, f"{why}, but {verdict}"))
+
+    moved = {m.workload for m in moves}
+    held = [h for h in held if h.workload not in moved]
     final = [(w, state.get(w.key)) for w in workloads]
     broken = sorted({m.workload for m in measure_fleet(final, snapshot.pools, snapshot.link_load_bytes_per_s)
                      if not m.within_slo})
@@ -171,6 +206,25 @@ def _problems(workloads: Sequence[Workload], snapshot: Snapshot, deployed: Mappi
         if not m.within_slo and m.workload not in problems:
             problems[m.workload] = f"{m.site}: {m.why_missed}"
     return problems
+
+
+def _in_the_way(w: Workload, wanted: Mapping[str, Decision], state: Mapping[str, Decision], moves: Sequence[Move],
+                by_key: Mapping[str, Workload]) -> list[str]:
+    """Running workloads the target moves away from the pools or links that w's target uses."""
+    target = wanted[w.key]
+    pools = {g.pool for g in target.groups}
+    links = {(r.site, g.pool) for g in target.groups for r in g.routes}
+    moved = {m.workload for m in moves}
+    found = []
+    for key, current in state.items():
+        if key == w.key or key in moved or not wanted[key].feasible or \
+                wanted[key].fingerprint() == current.fingerprint():
+            continue
+        uses = {g.pool for g in current.groups} & pools or \
+            {(r.site, g.pool) for g in current.groups for r in g.routes} & links
+        if uses and key in by_key:
+            found.append(key)
+    return sorted(found)
 
 
 def _fit_beside(w: Workload, target: Decision, charged: Snapshot) -> Decision:

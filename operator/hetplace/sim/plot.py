@@ -76,7 +76,8 @@ def _latency_panel(ax: Axes, sim: Simulation, route: RouteKey, times: list[float
     for i, (name, run) in enumerate(sim.runs.items()):
         latencies = [next((r.latency_ms for r in s.routes if (r.workload, r.site) == route), math.nan)
                      for s in run.steps]
-        clipped = [min(value, cap) for value in latencies]
+        # an unserved step has no latency: the line breaks there and the lane bar says why
+        clipped = [math.nan if math.isinf(value) else min(value, cap) for value in latencies]
         ax.step(times, clipped + clipped[-1:], where="post", label=name, **_style(name))
         # each policy has its own lane above the cap: a thick bar where the route went unserved,
         # a thin one where it was served but slower than the cap

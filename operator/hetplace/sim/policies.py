@@ -18,10 +18,14 @@ from typing import Mapping, Protocol
 from hetplace.engine.decision import Decision
 from hetplace.engine.fleet import place_fleet
 from hetplace.engine.measure import measure_fleet
+from hetplace.engine.observed import planning_view
 from hetplace.engine.rebalance import MoveReason, Running, plan_moves
 from hetplace.engine.snapshot import Hardware, Snapshot
 from hetplace.sim import POLICIES
 from hetplace.sim.trace import Conditions
+
+# The control loops plan for the worst link and traffic seen over this window (engine.observed.planning_view).
+PLANNING_WINDOW_SECONDS = 1800.0
 
 
 @dataclass(frozen=True)
@@ -62,8 +66,11 @@ class ControlLoop:
     moves take effect one step after the state it saw. With `adapts=False` it deploys once."""
 
     def __init__(self, hardware: frozenset[Hardware] | None = None, *, adapts: bool = True,
-                 max_moves: int = 10, time_limit_s: float = 10.0) -> None:
+                 max_moves: int = 10, time_limit_s: float = 10.0,
+                 window_s: float = PLANNING_WINDOW_SECONDS) -> None:
         self._hardware = hardware
+        self._window_s = window_s
+        self._seen: list[Conditions] = []
         self._adapts = adapts
         self._max_moves = max_moves
         self._time_limit_s = time_limit_s
@@ -84,8 +91,12 @@ class ControlLoop:
         return {key: running.decision for key, running in self._running.items()}
 
     def _cycle(self, now: Conditions) -> tuple[PolicyMove, ...]:
-        pools = tuple(p for p in now.pools if self._hardware is None or p.hardware in self._hardware)
-        plan = plan_moves(now.workloads, Snapshot(pools), self._running, now_s=now.t_s,
+        # the window, and at least the previous observation (the trend needs two)
+        self._seen = [c for i, c in enumerate(self._seen)
+                      if c.t_s > now.t_s - self._window_s or i == len(self._seen) - 1] + [now]
+        pools, workloads = planning_view([(c.pools, c.workloads) for c in self._seen])
+        pools = tuple(p for p in pools if self._hardware is None or p.hardware in self._hardware)
+        plan = plan_moves(workloads, Snapshot(pools), self._running, now_s=now.t_s,
                           max_moves=self._max_moves, time_limit_s=self._time_limit_s)
         moved = {m.workload for m in plan.moves}
         self._running = {key: Running(d, now.t_s if key in moved else self._running[key].last_move_s)
