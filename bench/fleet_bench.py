@@ -61,7 +61,7 @@ def fleet_optimality(sizes: list[int], pool_counts: list[int], loads: list[float
 def incremental_latency(n_workloads: int, n_pools: int, changes: int) -> dict:
     workloads, snap = fleet.fleet(11, n_workloads, n_pools, 0.7)
     placed = place_in_order(workloads, snap)      # the fleet as deployed (the greedy is enough here)
-    ledger = Ledger(placed)
+    ledger = Ledger(snap.pools, placed)
     rnd = random.Random(5)
     site_names = fleet.sites(max(fleet.FLEET_SITES, n_workloads // fleet.WORKLOADS_PER_SITE))
     times, feasible = [], 0

@@ -26,3 +26,31 @@ def test_bench_smoke_writes_results_and_agrees_with_brute_force(tmp_path):
     for row in exact["rows"]:
         assert row["agree_with_brute_force"] == row["instances"]
     assert latency["command"] and latency["machine"]["cpus"]
+
+
+def test_fleet_benchmarks_at_smoke_size_write_what_the_readme_reports(tmp_path):
+    only = ["fleet-optimality", "incremental-latency", "policy-quality", "stability"]
+    run = subprocess.run([sys.executable, str(REPO / "bench" / "run.py"), "--smoke", "--out", str(tmp_path)]
+                         + [arg for name in only for arg in ("--only", name)],
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr
+    optimality = json.loads((tmp_path / "fleet-optimality.json").read_text())
+    for row in optimality["rows"]:
+        assert row["method"].startswith("milp") or row["method"] == "solo-optimal"
+        assert row["lp_bound_per_hour"] <= row["cost_per_hour"] + 1e-6
+        assert row["placed"] >= row["greedy_placed"]
+        assert row["placed"] < row["greedy_placed"] or row["cost_per_hour"] <= row["greedy_cost_per_hour"] + 1e-6
+    incremental = json.loads((tmp_path / "incremental-latency.json").read_text())["rows"][0]
+    assert 0 < incremental["p50_ms"] <= incremental["p99_ms"]
+    quality = json.loads((tmp_path / "policy-quality.json").read_text())["rows"]
+    traces = {row["trace"] for row in quality}
+    assert len(traces) == 2
+    for trace in traces:
+        by_policy = {row["policy"]: row for row in quality if row["trace"] == trace}
+        assert set(by_policy) == {"hetplace", "static", "gpu-only", "edge-only", "oracle"}
+        assert by_policy["oracle"]["slo_attainment_pct"] == 100.0
+        assert by_policy["hetplace"]["slo_attainment_pct"] > by_policy["static"]["slo_attainment_pct"]
+    factory = {row["policy"]: row for row in quality if row["trace"] == "factory-bandwidth-drop"}
+    assert factory["hetplace"]["slo_attainment_pct"] >= 99 and factory["hetplace"]["cost_vs_oracle"] <= 1.05
+    stability = {row["policy"]: row for row in json.loads((tmp_path / "stability.json").read_text())["rows"]}
+    assert stability["hetplace"]["moves_per_workload_hour"] < stability["oracle"]["moves_per_workload_hour"]

@@ -13,7 +13,8 @@ from test_fleet import engine_pool, engine_workload
 from hetplace.engine import Snapshot
 from hetplace.engine.fleet import place_fleet
 from hetplace.engine.measure import measure_fleet
-from hetplace.engine.observed import LinkObservation, with_links
+from hetplace.engine.observed import LinkObservation, planning_view, with_links
+from hetplace.engine.snapshot import Traffic
 from hetplace.engine.rebalance import Running, plan_moves
 
 
@@ -126,3 +127,50 @@ def test_a_cycle_never_turns_a_workload_that_meets_its_slo_into_one_that_misses_
         assert all(not w.regions or pool_region[g.pool] in w.regions for g in m.after.groups)
         assert all(not w.pools or g.pool in w.pools for g in m.after.groups)
         assert all(r.site for g in m.after.groups for r in g.routes)
+
+
+def test_a_repair_that_needs_room_moves_what_the_target_moves_away_even_below_the_saving_threshold():
+    def tenant(name, *pools):
+        return engine_workload(
+            a_workload(name).encoding("raw", 10_000)
+            .variant("onnx", "cpu", latency_ms=10, tail_ms=15, concurrency=2, cpu="4", memory="4Gi")
+            .slo(200).traffic("cloud-eu", 20).pools(*pools))
+    flexible, pinned = tenant("flexible", "cpu-x", "cpu-y"), tenant("pinned", "cpu-x", "cpu-z")
+    one_node = dict(count=1, cpu="4", memory="8Gi")
+    x, y, z = (engine_pool(a_pool(name).cpu().site("cloud-eu").nodes(**one_node).hourly(0.2))
+               for name in ("cpu-x", "cpu-y", "cpu-z"))
+    placed = place_fleet([flexible, pinned], Snapshot((x, z))).by_key
+    assert placed[flexible.key].groups[0].pool == "cpu-x" and placed[pinned.key].groups[0].pool == "cpu-z"
+    running = {w.key: Running(placed[w.key], 0) for w in (flexible, pinned)}
+    plan = plan_moves([flexible, pinned], Snapshot((x, y, dataclasses.replace(z, down=True))), running, 1000)
+    assert [(m.workload, m.reason) for m in plan.moves] == [(flexible.key, "repair"), (pinned.key, "repair")]
+    assert plan.moves[0].why == f"makes room to repair {pinned.key}"
+    assert plan.decisions[flexible.key].groups[0].pool == "cpu-y"
+    assert plan.decisions[pinned.key].groups[0].pool == "cpu-x"
+    assert plan.broken == ()
+
+
+@pytest.mark.parametrize("rates, planned", [
+    ([10, 14, 12], 14),     # the window's peak
+    ([10, 12, 14], 16),     # still rising: one more step of the trend
+    ([14, 12, 10], 14),     # falling: the peak holds until it leaves the window
+    ([10], 10),             # one observation: what it says
+], ids=["traffic is planned at the peak of the window",
+        "rising traffic is planned one step ahead",
+        "falling traffic keeps the peak while it is in the window",
+        "a single observation is taken as it is"])
+def test_the_control_loop_plans_for_the_worst_traffic_of_its_window(rates, planned):
+    w, snap, _ = cheap_and_dear(0.2)
+    history = [(snap.pools, (dataclasses.replace(w, traffic=(Traffic("cloud-eu", r),)),)) for r in rates]
+    _, workloads = planning_view(history)
+    assert workloads[0].traffic[0].requests_per_second == planned
+
+
+def test_the_control_loop_plans_for_the_slowest_link_of_its_window_but_not_below_half_of_it():
+    pool = engine_pool(a_pool("cpu-cloud").cpu().site("cloud-eu").link("factory", kbps=2000, rtt_ms=20))
+    seen = [with_links((pool,), [LinkObservation("factory", "cpu-cloud", kbps, rtt)])
+            for kbps, rtt in ((2000, 20), (1500, 30), (250, 25))]
+    pools, _ = planning_view([(p, ()) for p in seen])
+    link = pools[0].links["factory"]
+    assert link.bandwidth_kbps == 125       # 250 - 1250 would be negative: floored at half the minimum
+    assert link.rtt_ms == 30

@@ -47,6 +47,11 @@ class Misses:
         label = f"{self.sites[s].site} -> {cand.pool.name}/{cand.variant.name}"
         kind, most = self.kind[g, s, e], int(self.most[g])
         if kind == LINK:
+            cap = float(self.routes.link_cap[g, s])
+            if cap < w.max_link_utilization - 1e-12:
+                return (f"{label} with {w.encodings[e].name} would load the link to "
+                        f"{self.routes.utilization[g, s, e]:.0%}, but the routes already on it meet their SLO "
+                        f"only up to {max(cap, 0):.0%}")
             return (f"{label} with {w.encodings[e].name} would load the link to {self.routes.utilization[g, s, e]:.0%}, "
                     f"over spec.policy.maxLinkUtilization {w.max_link_utilization:.0%}")
         if kind == REPLICAS:
@@ -73,7 +78,7 @@ def misses(w: Workload, sites: tuple[Traffic, ...], cands: list[Candidate], rout
     kind = np.where(over_link, LINK, np.where(over_replicas, REPLICAS, LATENCY))
     kind = np.where(np.isfinite(routes.utilization), kind, NONE)
     with np.errstate(invalid="ignore", divide="ignore"):
-        ratio = np.where(kind == LINK, routes.utilization / w.max_link_utilization,
+        ratio = np.where(kind == LINK, routes.utilization / np.maximum(routes.link_cap, 1e-9)[:, :, None],
                          np.where(kind == REPLICAS, np.broadcast_to((load / allowed_load)[:, :, None], kind.shape),
                                   latency_ms / w.slo_latency_ms))
     return Misses(w, sites, cands, routes, kind, np.where(kind == NONE, np.inf, ratio), latency_ms, most)

@@ -127,7 +127,14 @@ def accuracy_met(w: Workload, v: Variant, e: Encoding) -> Verdict | None:
     return None
 
 
-def link_utilization_verdict(site: str, pool: Pool, e: Encoding, utilization: float, limit: float) -> Verdict:
+def link_utilization_verdict(site: str, pool: Pool, e: Encoding, utilization: float, limit: float,
+                             cap: float | None = None) -> Verdict:
+    if cap is not None and cap < limit - 1e-12:
+        return Verdict(
+            "LinkShared",
+            f"{e.name} from {site} would load the link to {pool.name} to {utilization:.0%}; the routes already "
+            f"on it meet their SLO only up to {max(cap, 0):.0%}",
+        )
     return Verdict(
         "LinkUtilization",
         f"{e.name} from {site} would load the link to {pool.name} to {utilization:.0%} "

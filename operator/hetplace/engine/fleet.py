@@ -14,7 +14,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 from hetplace.engine.decision import Decision
 from hetplace.engine.optimise import solve
 from hetplace.engine.snapshot import Snapshot, Workload
-from hetplace.engine.usage import Ledger, with_placed
+from hetplace.engine.usage import Ledger
 
 Clock = Callable[[], float]
 
@@ -54,11 +54,11 @@ class FleetPlan:
 def place_in_order(workloads: Iterable[Workload], snapshot: Snapshot) -> list[tuple[Workload, Decision]]:
     """Each workload in turn on what the ones before it left; an infeasible one takes nothing."""
     decided = []
+    ledger = Ledger(snapshot.pools)
     for w in workloads:
-        decision = solve(w, snapshot)
+        decision = solve(w, ledger.charged(snapshot))
         decided.append((w, decision))
-        if decision.feasible:
-            snapshot = with_placed(snapshot, w, decision)
+        ledger.add(w, decision)
     return decided
 
 

@@ -38,10 +38,11 @@ from scipy.optimize import Bounds, LinearConstraint, milp
 from hetplace.engine.decision import Decision, GroupPlan, RoutePlan
 from hetplace.engine.filters import first_group_rejection
 from hetplace.engine.groups import EPS_S, candidates, group_table, route_table
+from hetplace.engine.fleet import place_in_order
 from hetplace.engine.optimise import EXACT_SITE_LIMIT, solve
 from hetplace.engine.queueing import compute_latency_s
 from hetplace.engine.snapshot import Pool, Resources, Snapshot, Workload
-from hetplace.engine.usage import Ledger, route_bytes_per_s
+from hetplace.engine.usage import route_bytes_per_s, route_tolerance_bytes_per_s
 
 UNPLACED_PENALTY_PER_HOUR = 1e5          # far above any placement ($1000/node-hour cap × replicas)
 TIE_BREAK_PER_RANK = 1e-7                # prefers earlier encodings among equal-cost pieces
@@ -78,15 +79,6 @@ class Piece:
     @property
     def sites(self) -> frozenset[str]:
         return frozenset(r.site for r in self.routes)
-
-
-def tolerance(bandwidth: float, rtt_s: float, payload: float, compute_s: float, slo_s: float,
-              max_link_utilization: float) -> float:
-    """Largest total load (bytes/s) on the link at which this route still meets SLO and the cap."""
-    budget = slo_s + EPS_S - compute_s - rtt_s
-    if budget <= 0:
-        return -math.inf
-    return min(bandwidth * (max_link_utilization + 1e-12), bandwidth - payload / budget)
 
 
 def pieces_of(w: Workload, index: int, snap: Snapshot, extra_replicas: int = 1, per_subset: int | None = None,
@@ -172,8 +164,7 @@ def _piece(w: Workload, index: int, pool: Pool, variant: str, request: Resources
         payload = enc.request_bytes + w.response_bytes
         routes.append(PieceRoute(t.site, enc.name, t.requests_per_second, (t.site, pool.name),
                                  route_bytes_per_s(w, enc, t.requests_per_second), float(payload),
-                                 tolerance(bandwidth, link.rtt_ms / 1000.0, payload, compute_s, slo_s,
-                                           w.max_link_utilization),
+                                 route_tolerance_bytes_per_s(link, payload, compute_s, slo_s, w.max_link_utilization),
                                  bandwidth, link.rtt_ms / 1000.0))
     return Piece(index, pool.name, variant, replicas, compute_s, cost, sum(encodings), tuple(routes), request)
 
@@ -290,6 +281,11 @@ def solve_fleet(workloads: Sequence[Workload], snapshot: Snapshot, *, time_limit
     if _fit_together(solo_pieces, snapshot):
         return plan(solo_pieces, "solo-optimal", solo_bound, solo_bound)
 
+    # The fast greedy (each workload in turn on what the ones before it left) is the cutoff and
+    # the fallback; its placements are offered to the MILP too, so the MILP never does worse.
+    greedy_decisions = [d for _, d in place_in_order(workloads, snapshot)]
+    greedy = [pieces_of_decision(w, i, d, snapshot) if d.feasible else [] for i, (w, d) in
+              enumerate(zip(workloads, greedy_decisions))]
     exhaustive = len(workloads) <= EXHAUSTIVE_FLEET_SIZE
     offered: list[list[Piece]] = []
     for i, w in enumerate(workloads):
@@ -298,9 +294,8 @@ def solve_fleet(workloads: Sequence[Workload], snapshot: Snapshot, *, time_limit
             continue
         found = pieces_of(w, i, snapshot, extra_replicas=3 if exhaustive else 1,
                           per_subset=None if exhaustive else 3, all_encodings=exhaustive)
-        offered.append(_unique(solo_pieces[i] + found))
+        offered.append(_unique(solo_pieces[i] + greedy[i] + found))
 
-    greedy = _greedy(workloads, offered, solo_pieces, snapshot)
     model = _model(workloads, offered, snapshot)
     left = lambda: max(0.1, time_limit_s - elapsed())   # noqa: E731
     # One MILP places as many workloads as it can (leaving one out costs more than any placement)
@@ -345,20 +340,6 @@ def _unique(pieces: list[Piece]) -> list[Piece]:
             seen.add(key)
             out.append(p)
     return out
-
-
-def _greedy(workloads, offered, solo_pieces, snap) -> list[list[Piece]]:
-    """Each workload in turn: its own optimum if it fits, else its cheapest single group that does."""
-    room = Room(snap)
-    chosen: list[list[Piece]] = []
-    for i, w in enumerate(workloads):
-        sites = frozenset(t.site for t in w.traffic)
-        options = ([solo_pieces[i]] if solo_pieces[i] else []) + \
-            [[p] for p in sorted(offered[i], key=lambda p: (p.cost_per_hour, p.rank)) if p.sites == sites]
-        pick = next((o for o in options if room.fits(o)), [])
-        room.take(pick)
-        chosen.append(pick)
-    return chosen
 
 
 @dataclass

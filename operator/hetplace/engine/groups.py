@@ -42,6 +42,9 @@ class RouteTable:
     utilization: np.ndarray      # (G, k, E), inf where no link or accuracy too low
     has_link: np.ndarray         # (G, k)
     accurate: np.ndarray         # (G, E)
+    # (G, k): the utilisation a route may bring its link to: maxLinkUtilization, or less where the
+    # routes already on the link would miss their SLO beyond it
+    link_cap: np.ndarray
 
     best_seconds: np.ndarray = field(init=False)   # (G, k): each route's fastest leg
 
@@ -59,7 +62,7 @@ class RouteTable:
                 found.append(accuracy_met(w, cand.variant, enc))
             elif not np.isfinite(self.seconds[g, s, e]):
                 found.append(link_utilization_verdict(site, cand.pool, enc, float(self.utilization[g, s, e]),
-                                                      w.max_link_utilization))
+                                                      w.max_link_utilization, float(self.link_cap[g, s])))
         return found
 
 
@@ -69,6 +72,7 @@ def route_table(w: Workload, snap: Snapshot, sites: tuple[Traffic, ...], cands: 
     bandwidth = np.full((G, k), np.nan)
     rtt_s = np.zeros((G, k))
     background = np.zeros((G, k))
+    limit = np.full((G, k), math.inf)
     for g, cand in enumerate(cands):
         for s, t in enumerate(sites):
             link = cand.pool.link_from(t.site)
@@ -76,6 +80,7 @@ def route_table(w: Workload, snap: Snapshot, sites: tuple[Traffic, ...], cands: 
                 bandwidth[g, s] = link.bandwidth_bytes_per_s
                 rtt_s[g, s] = link.rtt_ms / 1000.0
                 background[g, s] = snap.link_load_bytes_per_s.get((t.site, cand.pool.name), 0.0)
+                limit[g, s] = snap.link_limit_bytes_per_s.get((t.site, cand.pool.name), math.inf)
     has_link = ~np.isnan(bandwidth)
     accurate = np.array([[accuracy_met(w, c.variant, e) is None for e in w.encodings] for c in cands],
                         dtype=bool).reshape(G, len(w.encodings))
@@ -83,12 +88,13 @@ def route_table(w: Workload, snap: Snapshot, sites: tuple[Traffic, ...], cands: 
     rps = np.array([t.requests_per_second for t in sites], dtype=float)                        # (k,)
     with np.errstate(invalid="ignore", divide="ignore"):
         utilization = (background[:, :, None] + rps[None, :, None] * payload[None, None, :]) / bandwidth[:, :, None]
-        fits = (utilization <= w.max_link_utilization + 1e-12) & (utilization < 1.0)
+        link_cap = np.minimum(w.max_link_utilization, limit / bandwidth)
+        fits = (utilization <= link_cap[:, :, None] + 1e-12) & (utilization < 1.0)
         seconds = rtt_s[:, :, None] + payload[None, None, :] / (bandwidth[:, :, None] * (1.0 - utilization))
     usable = has_link[:, :, None] & accurate[:, None, :]
     utilization = np.where(usable, utilization, math.inf)
     seconds = np.where(usable & fits, seconds, math.inf)
-    return RouteTable(seconds, utilization, has_link, accurate)
+    return RouteTable(seconds, utilization, has_link, accurate, np.where(has_link, link_cap, w.max_link_utilization))
 
 
 @dataclass

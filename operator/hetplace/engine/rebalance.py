@@ -119,7 +119,7 @@ def plan_moves(workloads: Sequence[Workload], snapshot: Snapshot, running: Mappi
         candidates.append(((2, -saving, w.key), w, "saving", f"saves ${saving:.4f}/h"))
 
     state = dict(deployed)
-    ledger = Ledger((by_key[k], d) for k, d in state.items())
+    ledger = Ledger(snapshot.pools, ((by_key[k], d) for k, d in state.items()))
     moves: list[Move] = []
 
     def try_move(w: Workload, reason: MoveReason, why: str) -> str | None:
@@ -260,9 +260,9 @@ def _harms_no_one(w: Workload, after: Decision, workloads: Sequence[Workload], s
     background: dict[tuple[str, str], float] = defaultdict(float, snapshot.link_load_bytes_per_s)
     for key, rate in ledger.link_load.items():
         background[key] += rate
-    own = Ledger([(w, after)]).link_load
+    own = Ledger(snapshot.pools, [(w, after)]).link_load
     for o in sharing:      # the sharers are in the ledger already; measure them alone over that load
-        for key, rate in Ledger([(o, state[o.key])]).link_load.items():
+        for key, rate in Ledger(snapshot.pools, [(o, state[o.key])]).link_load.items():
             background[key] -= rate
 
     def missing(with_after: bool) -> set[tuple[str, str]]:

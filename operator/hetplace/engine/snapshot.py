@@ -146,8 +146,13 @@ class Snapshot:
     link_load_bytes_per_s: Mapping[tuple[str, str], float] = field(default_factory=dict)
     # resources other workloads already hold in each pool
     pool_used: Mapping[str, Resources] = field(default_factory=dict)
+    # the most bytes/s each (site, pool) link may carry before a route already on it misses its SLO
+    link_limit_bytes_per_s: Mapping[tuple[str, str], float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "pools", tuple(sorted(self.pools, key=lambda p: p.name)))
-        object.__setattr__(self, "link_load_bytes_per_s", MappingProxyType(dict(self.link_load_bytes_per_s)))
-        object.__setattr__(self, "pool_used", MappingProxyType(dict(self.pool_used)))
+        # a read-only view is kept as given (usage.Ledger lends its running totals without a copy)
+        for name in ("link_load_bytes_per_s", "pool_used", "link_limit_bytes_per_s"):
+            value = getattr(self, name)
+            if not isinstance(value, MappingProxyType):
+                object.__setattr__(self, name, MappingProxyType(dict(value)))

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections import defaultdict
-from typing import Iterable
+from types import MappingProxyType
+from typing import Iterable, Iterator, Mapping
 
 from hetplace.engine.decision import Decision
-from hetplace.engine.snapshot import Encoding, Resources, Snapshot, Workload
+from hetplace.engine.groups import EPS_S
+from hetplace.engine.snapshot import Encoding, LinkState, Pool, Resources, Snapshot, Workload
+
+Link = tuple[str, str]      # (site, pool)
 
 
 def route_bytes_per_s(w: Workload, encoding: Encoding, requests_per_second: float) -> float:
@@ -15,14 +20,25 @@ def route_bytes_per_s(w: Workload, encoding: Encoding, requests_per_second: floa
     return requests_per_second * (encoding.request_bytes + w.response_bytes)
 
 
-def taken_by(w: Workload, d: Decision) -> tuple[dict[str, Resources], dict[tuple[str, str], float]]:
+def route_tolerance_bytes_per_s(link: LinkState, payload_bytes: float, compute_s: float, slo_s: float,
+                                max_link_utilization: float) -> float:
+    """The most total load its link may carry while this route still meets its SLO and the cap:
+    RTT + b/(BW − L) <= SLO − t_comp  ⇔  L <= BW − b/(SLO − t_comp − RTT)."""
+    bandwidth = link.bandwidth_bytes_per_s
+    budget = slo_s + EPS_S - compute_s - link.rtt_ms / 1000.0
+    if budget <= 0:
+        return -math.inf
+    return min(bandwidth * (max_link_utilization + 1e-12), bandwidth - payload_bytes / budget)
+
+
+def taken_by(w: Workload, d: Decision) -> tuple[dict[str, Resources], dict[Link, float]]:
     """Resources per pool and bytes/s per (site, pool) link that a decision uses. A site's rate is
     the workload's current one when it has it (traffic moves under a deployed placement)."""
     variants = {v.name: v for v in w.variants}
     encodings = {e.name: e for e in w.encodings}
     current = {t.site: t.requests_per_second for t in w.traffic}
     pools: dict[str, Resources] = defaultdict(Resources)
-    links: dict[tuple[str, str], float] = defaultdict(float)
+    links: dict[Link, float] = defaultdict(float)
     for g in d.groups:
         pools[g.pool] = pools[g.pool].plus(variants[g.variant].resources.times(g.replicas))
         for r in g.routes:
@@ -31,16 +47,55 @@ def taken_by(w: Workload, d: Decision) -> tuple[dict[str, Resources], dict[tuple
     return dict(pools), dict(links)
 
 
+def tolerances_of(w: Workload, d: Decision, pools: Mapping[str, Pool]) -> dict[Link, float]:
+    """For each link a decision uses: the total load at which its route there would miss the SLO."""
+    encodings = {e.name: e for e in w.encodings}
+    found = {}
+    for g in d.groups:
+        pool = pools.get(g.pool)
+        for r in g.routes:
+            link = pool.link_from(r.site) if pool is not None else None
+            if link is not None:
+                payload = encodings[r.encoding].request_bytes + w.response_bytes
+                found[(r.site, g.pool)] = route_tolerance_bytes_per_s(
+                    link, payload, r.compute_ms / 1000.0, w.slo_latency_ms / 1000.0, w.max_link_utilization)
+    return found
+
+
+class _LinkLimits(Mapping[Link, float]):
+    """link -> the smallest tolerance of the routes on it (a live view of the ledger)."""
+
+    def __init__(self, by_link: dict[Link, dict[str, float]]) -> None:
+        self._by_link = by_link
+
+    def __getitem__(self, link: Link) -> float:
+        tolerances = self._by_link.get(link)
+        if not tolerances:
+            raise KeyError(link)
+        return min(tolerances.values())
+
+    def __iter__(self) -> Iterator[Link]:
+        return (link for link, tolerances in self._by_link.items() if tolerances)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
 class Ledger:
-    """Running totals of what a set of placements takes, to charge against a snapshot.
+    """Running totals of what a set of placements takes, to charge against a snapshot: resources
+    per pool, load per link, and per link the load at which a route already on it would miss
+    its SLO (so the next decision cannot break the ones before it).
 
     Adding and removing one placement is cheap, so "everyone but this workload" costs no more
     than one placement, however large the fleet.
     """
 
-    def __init__(self, placed: Iterable[tuple[Workload, Decision]] = ()) -> None:
+    def __init__(self, pools: Iterable[Pool], placed: Iterable[tuple[Workload, Decision]] = ()) -> None:
+        self.pools = {p.name: p for p in pools}
         self.pool_used: dict[str, Resources] = defaultdict(Resources)
-        self.link_load: dict[tuple[str, str], float] = defaultdict(float)
+        self.link_load: dict[Link, float] = defaultdict(float)
+        self._tolerances: dict[Link, dict[str, float]] = defaultdict(dict)
+        self.link_limit: Mapping[Link, float] = _LinkLimits(self._tolerances)
         for w, d in placed:
             self.add(w, d)
 
@@ -52,21 +107,38 @@ class Ledger:
             self.pool_used[name] = self.pool_used[name].plus(resources.times(sign))
         for key, rate in links.items():
             self.link_load[key] += sign * rate
+        for key, tolerance in tolerances_of(w, d, self.pools).items():
+            if sign > 0:
+                self._tolerances[key][w.key] = tolerance
+            else:
+                self._tolerances[key].pop(w.key, None)
 
     def remove(self, w: Workload, d: Decision) -> None:
         self.add(w, d, sign=-1)
 
     def charged(self, snap: Snapshot) -> Snapshot:
-        """`snap` with everything in the ledger counted against its pools and links."""
+        """`snap` with everything in the ledger counted against its pools and links.
+
+        When `snap` charges nothing of its own, the result reads the ledger's totals through a
+        read-only view instead of a copy (deciding workload after workload stays linear); it
+        is valid until the ledger next changes.
+        """
+        if not snap.pool_used and not snap.link_load_bytes_per_s and not snap.link_limit_bytes_per_s:
+            return dataclasses.replace(snap, pool_used=MappingProxyType(self.pool_used),
+                                       link_load_bytes_per_s=MappingProxyType(self.link_load),
+                                       link_limit_bytes_per_s=MappingProxyType(self.link_limit))
         used = dict(snap.pool_used)
         for name, resources in self.pool_used.items():
             used[name] = used.get(name, Resources()).plus(resources)
         load = dict(snap.link_load_bytes_per_s)
         for key, rate in self.link_load.items():
             load[key] = load.get(key, 0.0) + rate
-        return dataclasses.replace(snap, pool_used=used, link_load_bytes_per_s=load)
+        limit = dict(snap.link_limit_bytes_per_s)
+        for key, tolerance in self.link_limit.items():
+            limit[key] = min(limit.get(key, math.inf), tolerance)
+        return dataclasses.replace(snap, pool_used=used, link_load_bytes_per_s=load, link_limit_bytes_per_s=limit)
 
 
 def with_placed(snap: Snapshot, w: Workload, d: Decision) -> Snapshot:
     """The snapshot after `d` is deployed: its replicas and traffic count against everyone else."""
-    return Ledger([(w, d)]).charged(snap)
+    return Ledger(snap.pools, [(w, d)]).charged(snap)
