@@ -116,7 +116,7 @@ def main() -> None:
         "exactness-vs-brute-force": lambda: exactness(2, SMOKE_SIZES) if args.smoke else
         exactness(30, SMOKE_SIZES + FULL_SIZES),
         "fleet-optimality": lambda: fleet_bench.fleet_optimality([30], [3, 10], [0.95], 20) if args.smoke else
-        fleet_bench.fleet_optimality([100, 1000, 10000], [3, 10, 50], [0.7, 0.95], 120),
+        fleet_bench.fleet_optimality([100, 1000, 10000], [3, 10, 50], [0.7, 0.95], 60),
         "incremental-latency": lambda: fleet_bench.incremental_latency(200, 10, 20) if args.smoke else
         fleet_bench.incremental_latency(10_000, 50, 300),
         "policy-quality": lambda: fleet_bench.policy_quality((10, 6, 24, 3600) if args.smoke else (40, 10, 24, 600)),

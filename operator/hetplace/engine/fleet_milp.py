@@ -241,6 +241,7 @@ def _vector(r: Resources) -> np.ndarray:
 
 EXHAUSTIVE_FLEET_SIZE = 12      # up to this many workloads, every encoding combination and more replicas
 RELAX_AND_FIX_PIECES = 4000     # above this many pieces, workloads the LP settles are fixed before the MILP
+IMPROVE_AFTER_FIX_MIN_S = 1.0   # time left after relax-and-fix worth spending on the whole MILP
 
 
 def pieces_of_decision(w: Workload, index: int, d: Decision, snap: Snapshot) -> list[Piece]:
@@ -402,10 +403,25 @@ class _Model:
                           options={"time_limit": max(0.1, left()), "mip_rel_gap": mip_rel_gap})
         if result.x is None or result.status not in (0, 1):
             return None, 0.0
+        if method == "milp-relax-and-fix" and left() >= IMPROVE_AFTER_FIX_MIN_S:
+            # with time to spare, the whole MILP, cut off at the fixed solution: it improves on it or
+            # proves it (infeasible under the cutoff), and its dual bound is valid for the fleet
+            value = float(c @ result.x)
+            whole = milp(c, integrality=np.ones_like(c), bounds=self.bounds,
+                         constraints=self._rows(c, left_out, min(value, cutoff if cutoff is not None else value)),
+                         options={"time_limit": max(0.1, left()), "mip_rel_gap": mip_rel_gap})
+            if whole.status == 2:
+                lp_value = value
+            elif whole.x is not None and whole.status in (0, 1):
+                lp_value = max(lp_value, float(getattr(whole, "mip_dual_bound", 0.0) or 0.0))
+                if float(c @ whole.x) < value:
+                    result, method = whole, "milp"
+            elif getattr(whole, "mip_dual_bound", None) is not None and np.isfinite(whole.mip_dual_bound):
+                lp_value = max(lp_value, float(whole.mip_dual_bound))
         chosen: list[list[Piece]] = [[] for _ in range(self.workloads)]
         for i in np.nonzero(result.x[: len(self.pieces)] > 0.5)[0]:
             chosen[self.pieces[i].workload].append(self.pieces[i])
-        proven = lp_value if method == "milp-relax-and-fix" else float(getattr(result, "mip_dual_bound", 0.0) or 0.0)
+        proven = lp_value if lp_value is not None else float(getattr(result, "mip_dual_bound", 0.0) or 0.0)
         if result.status != 0:
             method += "-time-limit"
         return (chosen, method), proven - self.tie_break_slack
