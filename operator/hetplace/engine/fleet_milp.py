@@ -298,7 +298,9 @@ def solve_fleet(workloads: Sequence[Workload], snapshot: Snapshot, *, time_limit
         offered.append(_unique(solo_pieces[i] + greedy[i] + found))
 
     model = _model(workloads, offered, snapshot)
-    left = lambda: max(0.1, time_limit_s - elapsed())   # noqa: E731
+    # the time limit is HiGHS's: it counts from here (building the pieces is reported in solve_seconds)
+    solver_start = elapsed()
+    left = lambda: max(0.1, time_limit_s - (elapsed() - solver_start))   # noqa: E731
     # One MILP places as many workloads as it can (leaving one out costs more than any placement)
     # at the least cost, cut off at the greedy's objective. The penalties inflate the objective, so
     # the relative gap HiGHS stops at is scaled to speak of the fleet's dollars.
@@ -313,7 +315,7 @@ def solve_fleet(workloads: Sequence[Workload], snapshot: Snapshot, *, time_limit
         proven -= UNPLACED_PENALTY_PER_HOUR * sum(1 for c in chosen if not c)
         chosen = _polished(chosen, offered, snapshot)
     left_out = sum(1 for c in chosen if not c)
-    bound = model.lp_bound(left_out, left())
+    bound = model.lp_bound(left_out, max(left(), time_limit_s / 4))
     if left_out == 0:
         bound = max(bound, solo_bound)
     return plan(chosen, method, bound, proven)
