@@ -51,12 +51,13 @@ class FleetPlan:
         return {w.key: d for w, d in self.decisions}
 
 
-def place_in_order(workloads: Iterable[Workload], snapshot: Snapshot) -> list[tuple[Workload, Decision]]:
+def place_in_order(workloads: Iterable[Workload], snapshot: Snapshot, *,
+                   explain: bool = True) -> list[tuple[Workload, Decision]]:
     """Each workload in turn on what the ones before it left; an infeasible one takes nothing."""
     decided = []
     ledger = Ledger(snapshot.pools)
     for w in workloads:
-        decision = solve(w, ledger.charged(snapshot))
+        decision = solve(w, ledger.charged(snapshot), explain=explain)
         decided.append((w, decision))
         ledger.add(w, decision)
     return decided

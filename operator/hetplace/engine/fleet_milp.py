@@ -284,7 +284,7 @@ def solve_fleet(workloads: Sequence[Workload], snapshot: Snapshot, *, time_limit
 
     # The fast greedy (each workload in turn on what the ones before it left) is the cutoff and
     # the fallback; its placements are offered to the MILP too, so the MILP never does worse.
-    greedy_decisions = [d for _, d in place_in_order(workloads, snapshot)]
+    greedy_decisions = [d for _, d in place_in_order(workloads, snapshot, explain=False)]
     greedy = [pieces_of_decision(w, i, d, snapshot) if d.feasible else [] for i, (w, d) in
               enumerate(zip(workloads, greedy_decisions))]
     exhaustive = len(workloads) <= EXHAUSTIVE_FLEET_SIZE

@@ -255,8 +255,9 @@ def _group_plan(w: Workload, sites: tuple[Traffic, ...], cand: Candidate, g: int
                       float(table.compute_s[row, T]))
 
 
-def solve(w: Workload, snap: Snapshot) -> Decision:
-    """Place one workload on the snapshot's pools. Pure and deterministic."""
+def solve(w: Workload, snap: Snapshot, *, explain: bool = True) -> Decision:
+    """Place one workload on the snapshot's pools. Pure and deterministic. With `explain=False`
+    the options that lost on cost are not explained (the filters' rejections still are)."""
     sites = tuple(sorted(w.traffic, key=lambda t: t.site))
     variants = sorted(w.variants, key=lambda v: v.name)
     rejected: list[Rejection] = []
@@ -304,9 +305,10 @@ def solve(w: Workload, snap: Snapshot) -> Decision:
         key=lambda p: (p.pool, p.variant),
     ))
     cost = found[0][0] // RANK_SPAN / NANO
-    cheapest_with = _cheapest_with_each(table, bound, groups)
-    rejected += explain_rejections(w, sites, cands, routes, table, plans, cost,
-                                   np.where(cheapest_with < INFEASIBLE_COST, cheapest_with / NANO, np.inf))
+    if explain:
+        cheapest_with = _cheapest_with_each(table, bound, groups)
+        rejected += explain_rejections(w, sites, cands, routes, table, plans, cost,
+                                       np.where(cheapest_with < INFEASIBLE_COST, cheapest_with / NANO, np.inf))
     why = f"{w.objective}: {len(plans)} group(s), ${cost:.4f}/h, worst p{w.percentile:g} " \
           f"{max(p.worst_latency_ms for p in plans):.1f} ms <= SLO {w.slo_latency_ms:g} ms"
     return Decision(w.key, True, w.objective, cost, plans, tuple(sorted(rejected, key=lambda r: (r.pool, r.variant))), why)
