@@ -155,3 +155,59 @@ def test_a_workload_decided_after_another_never_slows_the_others_routes_past_the
                 checked += 1
                 assert m.within_slo, (seed, m)
     assert checked > 100
+
+
+def test_the_fleet_keeps_to_what_placements_outside_it_tolerate_on_a_link():
+    # regression: place_fleet ignored the link limits of a ledger-charged snapshot
+    from hetplace.engine.measure import measure_fleet
+    tight = engine_workload(a_workload("tight").encoding("raw", 50_000)
+                            .variant("onnx", "cpu", latency_ms=10, tail_ms=15, concurrency=2, cpu="1", memory="1Gi")
+                            .slo(120, percentile=50).traffic("factory", 4))
+    cloud = engine_pool(a_pool("cpu-cloud").cpu().site("cloud").link("factory", 1000, 10).hourly(0.2))
+    gpu = engine_pool(a_pool("gpu-cloud").gpu().site("cloud").nodes(count=8, cpu="4", memory="16Gi", accelerators=1)
+                      .link("factory", 100_000, 10).hourly(0.8))
+    snap = Snapshot((cloud, gpu))
+    placed = solve(tight, snap)
+    newcomers = [engine_workload(a_workload(name).encoding("raw", 50_000)
+                                 .variant("onnx", "cpu", latency_ms=10, tail_ms=15, concurrency=2, cpu="1",
+                                          memory="1Gi")
+                                 .variant("trt", "gpu", latency_ms=2, tail_ms=3, concurrency=4, cpu="2", memory="4Gi",
+                                          accelerators=1)
+                                 .slo(400, percentile=50).traffic("factory", 3)) for name in ("a", "b")]
+    plan = place_fleet(newcomers, Ledger(snap.pools, [(tight, placed)]).charged(snap))
+    assert plan.placed == 2
+    for m in measure_fleet([(tight, placed)] + list(plan.decisions), snap.pools):
+        assert m.within_slo, m
+
+
+def test_a_min_latency_workload_keeps_its_latency_optimum_when_the_fleet_competes():
+    fast = engine_workload(a_workload("fast").encoding("raw", 10_000)
+                           .variant("onnx", "cpu", latency_ms=10, tail_ms=15, concurrency=2, cpu="4", memory="4Gi")
+                           .variant("trt", "gpu", latency_ms=2, tail_ms=3, concurrency=4, cpu="2", memory="4Gi",
+                                    accelerators=1)
+                           .slo(200).traffic("cloud-eu", 20).policy(objective="MinLatency"))
+    workloads, snap = two_tenants_one_cheap_pool()
+    gpu = engine_pool(a_pool("gpu-cloud").gpu().site("cloud-eu").nodes(count=1, cpu="4", memory="16Gi",
+                                                                       accelerators=1).hourly(0.8))
+    snap = Snapshot(snap.pools + (gpu,))
+    plan = place_fleet([fast] + workloads, snap, mip_rel_gap=1e-9)
+    assert plan.by_key[fast.key].groups[0].pool == "gpu-cloud"
+    assert plan.lower_bound_per_hour <= plan.cost_per_hour + 1e-9
+
+
+def test_a_workload_with_more_sites_than_the_exact_search_takes_still_leaves_room_for_others():
+    wide = a_workload("wide").encoding("raw", 1000).variant("onnx", "cpu", latency_ms=5, tail_ms=5, concurrency=4,
+                                                              cpu="1", memory="1Gi").slo(200, percentile=50)
+    for i in range(11):
+        wide = wide.traffic(f"site-{i:02d}", 1)
+    pinned = (a_workload("pinned").encoding("raw", 1000)
+              .variant("onnx", "cpu", latency_ms=5, tail_ms=5, concurrency=4, cpu="1", memory="1Gi")
+              .slo(200, percentile=50).traffic("site-00", 1).pools("cheap"))
+    pools = []
+    for name, price in (("cheap", 0.1), ("dear", 0.5)):
+        builder = a_pool(name).cpu().site("cloud").nodes(count=1, cpu="1", memory="2Gi").hourly(price)
+        for i in range(11):
+            builder = builder.link(f"site-{i:02d}", 100_000, 5)
+        pools.append(engine_pool(builder))
+    plan = place_fleet([engine_workload(wide), engine_workload(pinned)], Snapshot(tuple(pools)))
+    assert plan.placed == 2

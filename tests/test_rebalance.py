@@ -7,6 +7,7 @@ import random
 
 import pytest
 import reference_fleet
+from bench_path import fleet
 from builders import a_pool, a_workload
 from test_fleet import engine_pool, engine_workload
 
@@ -174,3 +175,45 @@ def test_the_control_loop_plans_for_the_slowest_link_of_its_window_but_not_below
     link = pools[0].links["factory"]
     assert link.bandwidth_kbps == 125       # 250 - 1250 would be negative: floored at half the minimum
     assert link.rtt_ms == 30
+
+
+# --- regressions from the review of issue 3 -------------------------------------------------------
+
+def test_workloads_that_share_a_degraded_link_are_repaired_together():
+    # regression: each broken workload's tolerance on the link vetoed the other's repair
+    def tenant(name):
+        return engine_workload(a_workload(name).encoding("raw", 100_000).encoding("compressed", 20_000, -0.001)
+                               .variant("onnx", "cpu", latency_ms=10, tail_ms=15, concurrency=2, cpu="1",
+                                        memory="1Gi")
+                               .slo(200, percentile=50).traffic("factory", 5))
+    cloud = engine_pool(a_pool("cpu-cloud").cpu().site("cloud").link("factory", 5000, 20).hourly(0.2))
+    tenants = [tenant("a"), tenant("b")]
+    start = place_fleet(tenants, Snapshot((cloud,)))
+    running = {w.key: Running(d, 0) for w, d in start.decisions}
+    slow = Snapshot(with_links((cloud,), [LinkObservation("factory", "cpu-cloud", 1000, 20)]))
+    plan = plan_moves(tenants, slow, running, 1000)
+    assert sorted(m.workload for m in plan.moves) == [w.key for w in tenants]
+    assert plan.broken == ()
+
+
+def test_the_initial_deployment_is_the_fleet_optimum_not_a_resized_copy_of_it():
+    # regression: every target was re-fitted at the partial load of the moment, which shrank its
+    # replicas, cut its tolerance, and sent later workloads to dearer pools
+    for seed, size in ((2, 20), (3, 15)):
+        workloads, snap = fleet.fleet(seed, size, 3, 0.95)
+        target = place_fleet(workloads, snap)
+        plan = plan_moves(workloads, snap, {}, 0)
+        assert len(plan.decisions) == target.placed
+        assert sum(d.cost_per_hour for d in plan.decisions.values()) == pytest.approx(target.cost_per_hour)
+
+
+@pytest.mark.parametrize("renamed", ["variant", "encoding"])
+def test_a_spec_that_renames_what_is_running_is_repaired_not_a_crash(renamed):
+    w, snap, on_dear = cheap_and_dear(0.29)
+    if renamed == "variant":
+        changed = dataclasses.replace(w, variants=tuple(dataclasses.replace(v, name="onnx-v2") for v in w.variants))
+    else:
+        changed = dataclasses.replace(w, encodings=tuple(dataclasses.replace(e, name="jpeg") for e in w.encodings))
+    plan = plan_moves([changed], snap, {w.key: Running(on_dear, 0)}, 1000)
+    assert [m.reason for m in plan.moves] == ["repair"]
+    assert "no longer" in plan.moves[0].why

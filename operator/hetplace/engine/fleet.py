@@ -70,13 +70,11 @@ def place_one(w: Workload, snapshot: Snapshot, placed: Ledger, current: Decision
     and removing one placement is cheap); `current`, if `w` is among them, is taken out while
     `w` is decided and put back, so the ledger is unchanged on return.
     """
-    if current is not None:
-        placed.remove(w, current)
+    charge = placed.remove(w) if current is not None else None
     try:
         return solve(w, placed.charged(snapshot))
     finally:
-        if current is not None:
-            placed.add(w, current)
+        placed.restore(w, charge)
 
 
 def place_fleet(workloads: Sequence[Workload], snapshot: Snapshot, *, time_limit_s: float = 10.0,

@@ -26,6 +26,7 @@ placement from below — and no MILP is built.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import defaultdict
 from dataclasses import dataclass
@@ -135,7 +136,7 @@ def pieces_of(w: Workload, index: int, snap: Snapshot, extra_replicas: int = 1, 
                         if routes.seconds[g, s, e] <= slo_s - compute + EPS_S] for s in members]
             if any(not f for f in fitting):
                 continue
-            if all_encodings:
+            if all_encodings and math.prod(len(f) for f in fitting) <= MAX_ENCODING_COMBINATIONS:
                 combos = _combinations(fitting)
             else:
                 preferred = tuple(f[0] for f in fitting)
@@ -210,7 +211,7 @@ class Room:
         self.free = {p.name: _vector(p.capacity) - _vector(snap.pool_used.get(p.name, Resources()))
                      for p in snap.pools}
         self.load: dict[tuple[str, str], float] = defaultdict(float, snap.link_load_bytes_per_s)
-        self.limit: dict[tuple[str, str], float] = defaultdict(lambda: math.inf)
+        self.limit: dict[tuple[str, str], float] = defaultdict(lambda: math.inf, snap.link_limit_bytes_per_s)
 
     def fits(self, pieces: Sequence[Piece]) -> bool:
         need: dict[str, np.ndarray] = defaultdict(lambda: np.zeros(3))
@@ -240,6 +241,8 @@ def _vector(r: Resources) -> np.ndarray:
 # --- the solver ---------------------------------------------------------------------------------
 
 EXHAUSTIVE_FLEET_SIZE = 12      # up to this many workloads, every encoding combination and more replicas
+MAX_ENCODING_COMBINATIONS = 16  # per group and replicas in the exhaustive mode; beyond, preferred and lightest
+MAX_EXHAUSTIVE_PIECES = 2000    # a workload offering more in the exhaustive mode is offered the pruned set
 RELAX_AND_FIX_PIECES = 4000     # above this many pieces, workloads the LP settles are fixed before the MILP
 IMPROVE_AFTER_FIX_MIN_S = 1.0   # time left after relax-and-fix worth spending on the whole MILP
 
@@ -266,7 +269,9 @@ def solve_fleet(workloads: Sequence[Workload], snapshot: Snapshot, *, time_limit
     solo = [solve(w, snapshot) for w in workloads]
     solo_pieces = [pieces_of_decision(w, i, d, snapshot) if d.feasible else [] for i, (w, d) in
                    enumerate(zip(workloads, solo))]
-    solo_bound = sum(d.cost_per_hour for d in solo if d.feasible)
+    # each MinCost workload costs at least its own optimum in any fleet; a MinLatency one is not
+    # placed at its least cost, so it adds nothing to this bound
+    solo_bound = sum(d.cost_per_hour for w, d in zip(workloads, solo) if d.feasible and w.objective == "MinCost")
 
     def unplaced(w: Workload) -> str:
         d = solo[workloads.index(w)]
@@ -293,8 +298,21 @@ def solve_fleet(workloads: Sequence[Workload], snapshot: Snapshot, *, time_limit
         if not solo[i].feasible:
             offered.append([])
             continue
+        if w.objective == "MinLatency":
+            # held to its latency-optimal placement (alone, or on what the workloads before it
+            # left): cost may only decide between those
+            offered.append(_unique(solo_pieces[i] + greedy[i]))
+            continue
+        if len(w.traffic) > EXACT_SITE_LIMIT:
+            # too many sites for the subset tables: offer its placement without each pool it uses
+            found = [p for pool in {g.pool for g in solo[i].groups}
+                     for p in _pieces_without(w, i, snapshot, pool)]
+            offered.append(_unique(solo_pieces[i] + greedy[i] + found))
+            continue
         found = pieces_of(w, i, snapshot, extra_replicas=3 if exhaustive else 1,
                           per_subset=None if exhaustive else 3, all_encodings=exhaustive)
+        if exhaustive and len(found) > MAX_EXHAUSTIVE_PIECES:
+            found = pieces_of(w, i, snapshot, extra_replicas=1, per_subset=3)
         offered.append(_unique(solo_pieces[i] + greedy[i] + found))
 
     model = _model(workloads, offered, snapshot)
@@ -321,6 +339,11 @@ def solve_fleet(workloads: Sequence[Workload], snapshot: Snapshot, *, time_limit
     return plan(chosen, method, bound, proven)
 
 
+def _pieces_without(w: Workload, index: int, snap: Snapshot, pool: str) -> list[Piece]:
+    d = solve(w, dataclasses.replace(snap, pools=tuple(p for p in snap.pools if p.name != pool)), explain=False)
+    return pieces_of_decision(w, index, d, snap) if d.feasible else []
+
+
 def _fit_together(chosen: Sequence[Sequence[Piece]], snap: Snapshot) -> bool:
     room = Room(snap)
     for pieces in chosen:
@@ -331,7 +354,6 @@ def _fit_together(chosen: Sequence[Sequence[Piece]], snap: Snapshot) -> bool:
 
 
 def _with_rejections(d: Decision, solo: Decision) -> Decision:
-    import dataclasses
     return dataclasses.replace(d, rejected=solo.rejected)
 
 
@@ -506,6 +528,9 @@ def _model(workloads, offered, snap: Snapshot) -> _Model:
         # on the link is chosen); big-M rows only for the pieces that tolerate less, with M cut to it.
         background = snap.link_load_bytes_per_s.get(link, 0.0)
         heaviest: dict[int, float] = defaultdict(float)
+        # what the placements outside this solve tolerate on the link bounds every piece's tolerance
+        outside = snap.link_limit_bytes_per_s.get(link, math.inf)
+        users = [(j, a, min(limit, outside)) for j, a, limit in users]
         for j, a, _ in users:
             heaviest[pieces[j].workload] = max(heaviest[pieces[j].workload], a)
         most = background + sum(heaviest.values())

@@ -66,7 +66,7 @@ def _offered_link_load(w: Workload, d: Decision | None) -> dict[tuple[str, str],
     encodings = {e.name: e for e in w.encodings}
     load: dict[tuple[str, str], float] = defaultdict(float)
     for t in w.traffic:
-        if t.site in serving:
+        if t.site in serving and serving[t.site][2] in encodings:
             pool, _, encoding = serving[t.site]
             load[(t.site, pool)] += route_bytes_per_s(w, encodings[encoding], t.requests_per_second)
     return load
@@ -84,7 +84,10 @@ def _measure_workload(w: Workload, d: Decision | None, pools: Mapping[str, Pool]
             arrival[serving[t.site][:2]] += t.requests_per_second
     compute_s = {}
     for (pool, variant), lam in arrival.items():
-        v = variants[variant]
+        v = variants.get(variant)
+        if v is None:      # renamed under a running placement: its profile is no longer known
+            compute_s[(pool, variant)] = math.nan
+            continue
         compute_s[(pool, variant)] = float(compute_latency_s(
             np.array([replicas[(pool, variant)]]), v.concurrency, np.array([lam]),
             v.latency_ms, v.tail_latency_ms, w.percentile)[0])
@@ -99,6 +102,10 @@ def _measure_workload(w: Workload, d: Decision | None, pools: Mapping[str, Pool]
             continue
         pool_name, variant, encoding = serving[t.site]
         served_by = f"{pool_name}/{variant}"
+        if variant not in variants or encoding not in encodings:
+            gone = f"variant {variant}" if variant not in variants else f"encoding {encoding}"
+            out.append(miss(f"{gone} is no longer in the spec", served_by))
+            continue
         pool = pools.get(pool_name)
         if pool is None or pool.down:
             out.append(miss(f"pool {pool_name} is down", served_by))

@@ -19,6 +19,7 @@ incremental path) and dropped if that does not meet the rule either.
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Literal, Mapping, Sequence
@@ -29,8 +30,9 @@ from hetplace.engine.filters import hardware_matches, namespace_allowed, pool_al
 from hetplace.engine.fleet import Clock, FleetPlan, place_fleet
 from hetplace.engine.measure import RouteMeasure, measure_fleet
 from hetplace.engine.optimise import solve
-from hetplace.engine.snapshot import Snapshot, Workload
-from hetplace.engine.usage import Ledger
+from hetplace.engine.snapshot import Resources, Snapshot, Workload
+from hetplace.engine.cost import replicas_that_fit
+from hetplace.engine.usage import Ledger, route_bytes_per_s, route_tolerance_bytes_per_s
 
 MoveReason = Literal["place", "repair", "saving"]
 _CONSTRAINT_FILTERS = (pool_is_up, hardware_matches, region_allowed, pool_allowed, namespace_allowed)
@@ -119,22 +121,24 @@ def plan_moves(workloads: Sequence[Workload], snapshot: Snapshot, running: Mappi
         candidates.append(((2, -saving, w.key), w, "saving", f"saves ${saving:.4f}/h"))
 
     state = dict(deployed)
-    ledger = Ledger(snapshot.pools, ((by_key[k], d) for k, d in state.items()))
+    ledger = Ledger(snapshot.pools)
+    for key, d in state.items():      # a placement already missing its SLO cannot veto its repair
+        ledger.add(by_key[key], d, protect=key not in problems)
     moves: list[Move] = []
+    charges: dict[str, object] = {}
 
     def try_move(w: Workload, reason: MoveReason, why: str) -> str | None:
         """Apply w's move if it still fits beside everything else and harms no one; else say why not."""
         before = state.get(w.key)
-        if before is not None:
-            ledger.remove(w, before)
+        charge = ledger.remove(w)
         after = _fit_beside(w, wanted[w.key], ledger.charged(snapshot))
         verdict = _acceptable(w, reason, before, after)
         if verdict is None and not _harms_no_one(w, after, workloads, state, snapshot, ledger):
             verdict = "it would push another workload over its SLO"
         if verdict is not None:
-            if before is not None:
-                ledger.add(w, before)
+            ledger.restore(w, charge)
             return verdict
+        charges[w.key] = charge
         ledger.add(w, after)
         state[w.key] = after
         saving = before.cost_per_hour - after.cost_per_hour if before is not None else 0.0
@@ -143,9 +147,8 @@ def plan_moves(workloads: Sequence[Workload], snapshot: Snapshot, running: Mappi
 
     def undo(move: Move) -> None:
         w = by_key[move.workload]
-        ledger.remove(w, move.after)
+        ledger.restore(w, charges.pop(w.key))
         if move.before is not None:
-            ledger.add(w, move.before)
             state[w.key] = move.before
         else:
             state.pop(w.key, None)
@@ -192,10 +195,15 @@ def _problems(workloads: Sequence[Workload], snapshot: Snapshot, deployed: Mappi
         if d is None:
             continue
         variants = {v.name: v for v in w.variants}
+        encodings = {e.name for e in w.encodings}
         for g in d.groups:
             pool, variant = pools.get(g.pool), variants.get(g.variant)
+            gone = [r.encoding for r in g.routes if r.encoding not in encodings]
             if pool is None or variant is None:
                 problems[w.key] = f"{g.pool}/{g.variant} no longer exists"
+                break
+            if gone:
+                problems[w.key] = f"encoding {gone[0]} is no longer in the spec"
                 break
             verdict = next((v for f in _CONSTRAINT_FILTERS if (v := f(w, pool, variant, snapshot))), None)
             if verdict is not None:
@@ -228,12 +236,40 @@ def _in_the_way(w: Workload, wanted: Mapping[str, Decision], state: Mapping[str,
 
 
 def _fit_beside(w: Workload, target: Decision, charged: Snapshot) -> Decision:
-    """The target placement re-fitted on what the others leave, else the best placement there."""
+    """The target placement as it is when it fits on what the others leave; else re-fitted there
+    (replicas and encodings for the load of the moment); else the best placement there."""
     if target.feasible:
+        if _fits_as_is(w, target, charged):
+            return target
         refit = evaluate(w, charged, assignment_of(target))
         if refit.feasible:
             return refit
     return solve(w, charged)
+
+
+def _fits_as_is(w: Workload, d: Decision, snap: Snapshot) -> bool:
+    """Capacity for every group, and every route within its own tolerance and the link's limit."""
+    pools = {p.name: p for p in snap.pools}
+    variants = {v.name: v for v in w.variants}
+    encodings = {e.name: e for e in w.encodings}
+    rates = {t.site: t.requests_per_second for t in w.traffic}
+    for g in d.groups:
+        pool, variant = pools.get(g.pool), variants.get(g.variant)
+        if pool is None or variant is None or pool.down:
+            return False
+        if g.replicas > replicas_that_fit(pool, variant.resources, snap.pool_used.get(pool.name, Resources())):
+            return False
+        for r in g.routes:
+            link, encoding = pool.link_from(r.site), encodings.get(r.encoding)
+            if link is None or encoding is None:
+                return False
+            key = (r.site, pool.name)
+            load = snap.link_load_bytes_per_s.get(key, 0.0) + route_bytes_per_s(w, encoding, rates.get(r.site, 0.0))
+            own = route_tolerance_bytes_per_s(link, encoding.request_bytes + w.response_bytes, r.compute_ms / 1000.0,
+                                              w.slo_latency_ms / 1000.0, w.max_link_utilization)
+            if load > min(own, snap.link_limit_bytes_per_s.get(key, math.inf)):
+                return False
+    return True
 
 
 def _acceptable(w: Workload, reason: MoveReason, before: Decision | None, after: Decision) -> str | None:

@@ -13,6 +13,8 @@ from hetplace.engine.groups import EPS_S
 from hetplace.engine.snapshot import Encoding, LinkState, Pool, Resources, Snapshot, Workload
 
 Link = tuple[str, str]      # (site, pool)
+# what one placement is charged with: resources per pool, load per link, tolerance per link
+Charge = tuple[dict[str, Resources], dict[Link, float], dict[Link, float]]
 
 
 def route_bytes_per_s(w: Workload, encoding: Encoding, requests_per_second: float) -> float:
@@ -33,17 +35,21 @@ def route_tolerance_bytes_per_s(link: LinkState, payload_bytes: float, compute_s
 
 def taken_by(w: Workload, d: Decision) -> tuple[dict[str, Resources], dict[Link, float]]:
     """Resources per pool and bytes/s per (site, pool) link that a decision uses. A site's rate is
-    the workload's current one when it has it (traffic moves under a deployed placement)."""
+    the workload's current one when it has it (traffic moves under a deployed placement). A
+    variant or encoding the spec no longer names (it was renamed under a running placement) is
+    not charged: what it takes is no longer known, and the rebalance repairs that placement."""
     variants = {v.name: v for v in w.variants}
     encodings = {e.name: e for e in w.encodings}
     current = {t.site: t.requests_per_second for t in w.traffic}
     pools: dict[str, Resources] = defaultdict(Resources)
     links: dict[Link, float] = defaultdict(float)
     for g in d.groups:
-        pools[g.pool] = pools[g.pool].plus(variants[g.variant].resources.times(g.replicas))
+        if g.variant in variants:
+            pools[g.pool] = pools[g.pool].plus(variants[g.variant].resources.times(g.replicas))
         for r in g.routes:
-            rate = current.get(r.site, r.requests_per_second)
-            links[(r.site, g.pool)] += route_bytes_per_s(w, encodings[r.encoding], rate)
+            if r.encoding in encodings:
+                rate = current.get(r.site, r.requests_per_second)
+                links[(r.site, g.pool)] += route_bytes_per_s(w, encodings[r.encoding], rate)
     return dict(pools), dict(links)
 
 
@@ -55,7 +61,7 @@ def tolerances_of(w: Workload, d: Decision, pools: Mapping[str, Pool]) -> dict[L
         pool = pools.get(g.pool)
         for r in g.routes:
             link = pool.link_from(r.site) if pool is not None else None
-            if link is not None:
+            if link is not None and r.encoding in encodings:
                 payload = encodings[r.encoding].request_bytes + w.response_bytes
                 found[(r.site, g.pool)] = route_tolerance_bytes_per_s(
                     link, payload, r.compute_ms / 1000.0, w.slo_latency_ms / 1000.0, w.max_link_utilization)
@@ -96,25 +102,46 @@ class Ledger:
         self.link_load: dict[Link, float] = defaultdict(float)
         self._tolerances: dict[Link, dict[str, float]] = defaultdict(dict)
         self.link_limit: Mapping[Link, float] = _LinkLimits(self._tolerances)
+        self._charged: dict[str, Charge] = {}
         for w, d in placed:
             self.add(w, d)
 
-    def add(self, w: Workload, d: Decision, sign: int = 1) -> None:
+    def add(self, w: Workload, d: Decision, protect: bool = True) -> None:
+        """Charge `d` for `w` (replacing what `w` had). With `protect=False` its routes' tolerances
+        are not kept: a placement that already misses its SLO cannot veto the moves that repair it."""
+        self.remove(w)
         if not d.feasible:
             return
         pools, links = taken_by(w, d)
+        tolerances = tolerances_of(w, d, self.pools) if protect else {}
+        self._charged[w.key] = (pools, links, tolerances)
+        self._apply(w.key, pools, links, tolerances, 1)
+
+    def remove(self, w: Workload, d: Decision | None = None) -> Charge | None:
+        """Take back what `w` was charged with (as it was added, even if its spec changed since);
+        the charge is returned so that `restore` can put it back exactly."""
+        charged = self._charged.pop(w.key, None)
+        if charged is not None:
+            self._apply(w.key, *charged, -1)
+        return charged
+
+    def restore(self, w: Workload, charge: Charge | None) -> None:
+        self.remove(w)
+        if charge is not None:
+            self._charged[w.key] = charge
+            self._apply(w.key, *charge, 1)
+
+    def _apply(self, key: str, pools: Mapping[str, Resources], links: Mapping[Link, float],
+               tolerances: Mapping[Link, float], sign: int) -> None:
         for name, resources in pools.items():
             self.pool_used[name] = self.pool_used[name].plus(resources.times(sign))
-        for key, rate in links.items():
-            self.link_load[key] += sign * rate
-        for key, tolerance in tolerances_of(w, d, self.pools).items():
+        for link, rate in links.items():
+            self.link_load[link] += sign * rate
+        for link, tolerance in tolerances.items():
             if sign > 0:
-                self._tolerances[key][w.key] = tolerance
+                self._tolerances[link][key] = tolerance
             else:
-                self._tolerances[key].pop(w.key, None)
-
-    def remove(self, w: Workload, d: Decision) -> None:
-        self.add(w, d, sign=-1)
+                self._tolerances[link].pop(key, None)
 
     def charged(self, snap: Snapshot) -> Snapshot:
         """`snap` with everything in the ledger counted against its pools and links.

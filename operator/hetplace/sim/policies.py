@@ -116,6 +116,9 @@ class Oracle:
     def step(self, now: Conditions) -> InEffect:
         plan = place_fleet(now.workloads, Snapshot(now.pools), time_limit_s=self._time_limit_s)
         decisions = {key: d for key, d in plan.by_key.items() if d.feasible}
+        # a workload the optimum cannot place keeps what it had: tearing it down serves no one better
+        decisions.update({key: d for key, d in self._decisions.items()
+                          if key not in decisions and key in plan.by_key})
         placed_before = [(w, self._decisions.get(w.key)) for w in now.workloads]
         missing: dict[str, str] = {}
         for m in measure_fleet(placed_before, now.pools):
@@ -134,7 +137,7 @@ class Oracle:
                 reason, why = "saving", f"saves ${before.cost_per_hour - after.cost_per_hour:.4f}/h"
             moves.append(PolicyMove(w.key, reason, now.t_s, placement_label(before), placement_label(after), why))
         self._decisions = decisions
-        unplaced = {key: d.reason for key, d in plan.by_key.items() if not d.feasible}
+        unplaced = {key: d.reason for key, d in plan.by_key.items() if not d.feasible and key not in decisions}
         return InEffect(decisions, tuple(moves), unplaced)
 
 
