@@ -320,23 +320,41 @@ def solve_fleet(workloads: Sequence[Workload], snapshot: Snapshot, *, time_limit
     solver_start = elapsed()
     left = lambda: max(0.1, time_limit_s - (elapsed() - solver_start))   # noqa: E731
     # One MILP places as many workloads as it can (leaving one out costs more than any placement)
-    # at the least cost, cut off at the greedy's objective. The penalties inflate the objective, so
-    # the relative gap HiGHS stops at is scaled to speak of the fleet's dollars.
-    cutoff = model.value(greedy, True)
+    # at the least cost, never worse than the greedy. The penalties inflate the objective, so the
+    # relative gap HiGHS stops at is scaled to speak of the fleet's dollars.
+    c = model.objective(penalised=True)
+    penalised = max(float(c @ model.vector(greedy)), 1e-9)
     dollars = max(model.value(greedy, False), 1e-9)
-    found, proven = model.solve(model.objective(penalised=True), None, cutoff, left(),
-                                max(1e-9, mip_rel_gap * dollars / cutoff), left)
-    if found is None:
-        chosen, method, proven = greedy, "greedy", 0.0
-    else:
-        chosen, method = found
-        proven -= UNPLACED_PENALTY_PER_HOUR * sum(1 for c in chosen if not c)
-        chosen = _polished(chosen, offered, snapshot)
+    chosen, method, proven = model.solve(c, greedy, left(), max(1e-9, mip_rel_gap * dollars / penalised), left,
+                                         repair=lambda found: _repaired(found, offered, solo_pieces, greedy,
+                                                                        snapshot))
+    proven -= UNPLACED_PENALTY_PER_HOUR * sum(1 for ps in chosen if not ps)
+    chosen = _polished(chosen, offered, snapshot)
     left_out = sum(1 for c in chosen if not c)
     bound = model.lp_bound(left_out, max(left(), time_limit_s / 4))
     if left_out == 0:
         bound = max(bound, solo_bound)
     return plan(chosen, method, bound, proven)
+
+
+def _repaired(chosen: list[list[Piece]], offered, solo_pieces, greedy, snap: Snapshot) -> list[list[Piece]]:
+    """Workloads a solution left out placed where they still fit: their own optimum, their greedy
+    placement, or their cheapest single group."""
+    room = Room(snap)
+    for pieces in chosen:
+        room.take(pieces)
+    out = [list(ps) for ps in chosen]
+    for i, pieces in enumerate(out):
+        if pieces or not offered[i]:
+            continue
+        sites = {r.site for p in offered[i] for r in p.routes}
+        options = [o for o in (solo_pieces[i], greedy[i]) if o] + \
+            [[p] for p in sorted(offered[i], key=lambda p: p.cost_per_hour) if p.sites == sites]
+        pick = next((o for o in options if room.fits(o)), None)
+        if pick:
+            room.take(pick)
+            out[i] = pick
+    return out
 
 
 def _pieces_without(w: Workload, index: int, snap: Snapshot, pool: str) -> list[Piece]:
@@ -357,12 +375,15 @@ def _with_rejections(d: Decision, solo: Decision) -> Decision:
     return dataclasses.replace(d, rejected=solo.rejected)
 
 
+def _key(p: Piece) -> tuple:
+    return p.workload, p.pool, p.variant, p.replicas, tuple((r.site, r.encoding) for r in p.routes)
+
+
 def _unique(pieces: list[Piece]) -> list[Piece]:
     seen, out = set(), []
     for p in pieces:
-        key = (p.pool, p.variant, p.replicas, tuple((r.site, r.encoding) for r in p.routes))
-        if key not in seen:
-            seen.add(key)
+        if _key(p) not in seen:
+            seen.add(_key(p))
             out.append(p)
     return out
 
@@ -378,6 +399,9 @@ class _Model:
     rows: list[LinearConstraint]
     pieces: list[Piece]
     workloads: int
+
+    def __post_init__(self) -> None:
+        self._columns = {_key(p): j for j, p in enumerate(self.pieces)}
 
     @property
     def unplaced_columns(self) -> np.ndarray:
@@ -403,52 +427,67 @@ class _Model:
             rows.append(LinearConstraint(c[None, :], -np.inf, cutoff * (1 + 1e-6) + 1e-6))
         return rows
 
-    def solve(self, c: np.ndarray, left_out: int | None, cutoff: float | None, time_limit_s: float,
-              mip_rel_gap: float, clock_left=None) -> tuple[tuple[list[list[Piece]], str] | None, float]:
-        """((pieces per workload, method), a proven bound on the objective), or (None, 0).
+    def column_of(self, piece: Piece) -> int:
+        return self._columns[_key(piece)]
 
-        Above RELAX_AND_FIX_PIECES the LP relaxation is solved first and every workload it places
-        integrally is fixed there; the MILP then decides only the contested ones (most of a large
-        fleet is not: its own cheapest pieces fit). The LP value is then the proven bound.
+    def vector(self, chosen: Sequence[Sequence[Piece]]) -> np.ndarray:
+        """The column vector of a choice of pieces (a workload with none is unplaced)."""
+        x = np.zeros(len(self.cost))
+        for w, pieces in enumerate(chosen):
+            for p in pieces:
+                x[self.column_of(p)] = 1.0
+            if not pieces:
+                x[len(self.pieces) + w] = 1.0
+        return x
+
+    def chosen(self, x: np.ndarray) -> list[list[Piece]]:
+        out: list[list[Piece]] = [[] for _ in range(self.workloads)]
+        for i in np.nonzero(x[: len(self.pieces)] > 0.5)[0]:
+            out[self.pieces[i].workload].append(self.pieces[i])
+        return out
+
+    def solve(self, c: np.ndarray, incumbent: Sequence[Sequence[Piece]], time_limit_s: float, mip_rel_gap: float,
+              clock_left=None, repair=None) -> tuple[list[list[Piece]], str, float]:
+        """(pieces per workload, method, a proven bound on the objective), never worse than `incumbent`.
+
+        Above RELAX_AND_FIX_PIECES the LP relaxation is solved first, every workload it places
+        integrally is fixed there and the MILP decides the contested ones (most of a large fleet
+        is not contested); `repair` then places what that left out where it still fits. Then, with
+        time left, the whole MILP cut off at the best so far improves on it or proves it.
         """
-        rows = self._rows(c, left_out, cutoff)
         left = clock_left or (lambda: time_limit_s)
-        bounds, method, lp_value = self.bounds, "milp", None
-        if len(self.pieces) > RELAX_AND_FIX_PIECES:
-            lp = milp(c, integrality=np.zeros_like(c), bounds=self.bounds, constraints=rows,
-                      options={"time_limit": max(0.1, left() / 3)})
+        best = self.vector(incumbent)
+        best_value, method, bound = float(c @ best), "greedy", -math.inf
+        large = len(self.pieces) > RELAX_AND_FIX_PIECES
+        if large:
+            lp = milp(c, integrality=np.zeros_like(c), bounds=self.bounds, constraints=self.rows,
+                      options={"time_limit": max(0.1, left() / 2)})
             if lp.status == 0:
-                bounds, lp_value, method = self._fixed_where_integral(lp.x), float(lp.fun), "milp-relax-and-fix"
-        result = milp(c, integrality=np.ones_like(c), bounds=bounds, constraints=rows,
-                      options={"time_limit": max(0.1, left()), "mip_rel_gap": mip_rel_gap})
-        if (result.x is None or result.status not in (0, 1)) and bounds is not self.bounds:
-            method = "milp"
-            result = milp(c, integrality=np.ones_like(c), bounds=self.bounds, constraints=rows,
-                          options={"time_limit": max(0.1, left()), "mip_rel_gap": mip_rel_gap})
-        if result.x is None or result.status not in (0, 1):
-            return None, 0.0
-        if method == "milp-relax-and-fix" and left() >= IMPROVE_AFTER_FIX_MIN_S:
-            # with time to spare, the whole MILP, cut off at the fixed solution: it improves on it or
-            # proves it (infeasible under the cutoff), and its dual bound is valid for the fleet
-            value = float(c @ result.x)
+                bound = float(lp.fun)
+                fixed = milp(c, integrality=np.ones_like(c), bounds=self._fixed_where_integral(lp.x),
+                             constraints=self.rows, options={"time_limit": max(0.1, left() / 2),
+                                                             "mip_rel_gap": mip_rel_gap})
+                if fixed.x is not None and fixed.status in (0, 1):
+                    x = self.vector(repair(self.chosen(fixed.x))) if repair else fixed.x
+                    if float(c @ x) < best_value:
+                        best, best_value, method = x, float(c @ x), "milp-relax-and-fix"
+        if not large or left() >= IMPROVE_AFTER_FIX_MIN_S:
             whole = milp(c, integrality=np.ones_like(c), bounds=self.bounds,
-                         constraints=self._rows(c, left_out, min(value, cutoff if cutoff is not None else value)),
+                         constraints=self._rows(c, None, best_value),
                          options={"time_limit": max(0.1, left()), "mip_rel_gap": mip_rel_gap})
-            if whole.status == 2:
-                lp_value = value
+            dual = getattr(whole, "mip_dual_bound", None)
+            if whole.status == 2:            # nothing better under the cutoff: the best so far is optimal
+                bound = max(bound, best_value)
+                method = "milp"
             elif whole.x is not None and whole.status in (0, 1):
-                lp_value = max(lp_value, float(getattr(whole, "mip_dual_bound", 0.0) or 0.0))
-                if float(c @ whole.x) < value:
-                    result, method = whole, "milp"
-            elif getattr(whole, "mip_dual_bound", None) is not None and np.isfinite(whole.mip_dual_bound):
-                lp_value = max(lp_value, float(whole.mip_dual_bound))
-        chosen: list[list[Piece]] = [[] for _ in range(self.workloads)]
-        for i in np.nonzero(result.x[: len(self.pieces)] > 0.5)[0]:
-            chosen[self.pieces[i].workload].append(self.pieces[i])
-        proven = lp_value if lp_value is not None else float(getattr(result, "mip_dual_bound", 0.0) or 0.0)
-        if result.status != 0:
-            method += "-time-limit"
-        return (chosen, method), proven - self.tie_break_slack
+                if float(c @ whole.x) <= best_value + 1e-9 * max(1.0, abs(best_value)):
+                    best, best_value = whole.x, float(c @ whole.x)
+                    method = "milp" if whole.status == 0 else "milp-time-limit"
+                if dual is not None and np.isfinite(dual):
+                    bound = max(bound, float(dual))
+            elif dual is not None and np.isfinite(dual):
+                bound = max(bound, float(dual))
+        return self.chosen(best), method, bound - self.tie_break_slack
 
     def _fixed_where_integral(self, x: np.ndarray) -> Bounds:
         """Bounds with the columns of every workload the LP placed integrally fixed to the LP's values."""
