@@ -464,13 +464,20 @@ class _Model:
                       options={"time_limit": max(0.1, left() / 2)})
             if lp.status == 0:
                 bound = float(lp.fun)
-                fixed = milp(c, integrality=np.ones_like(c), bounds=self._fixed_where_integral(lp.x),
-                             constraints=self.rows, options={"time_limit": max(0.1, left() / 2),
-                                                             "mip_rel_gap": mip_rel_gap})
-                if fixed.x is not None and fixed.status in (0, 1):
-                    x = self.vector(repair(self.chosen(fixed.x))) if repair else fixed.x
-                    if float(c @ x) < best_value:
-                        best, best_value, method = x, float(c @ x), "milp-relax-and-fix"
+                # two neighbourhoods of the LP: (1) keep the incumbent where the LP agrees with it and
+                # re-decide the rest (feasible by construction: the incumbent is one answer); (2) fix
+                # what the LP settles integrally and re-decide the rest, then repair what it left out
+                for neighbourhood in ("agree", "settled"):
+                    if neighbourhood == "agree":
+                        bounds, cutoff = self._fixed_where_agreeing(lp.x, best), best_value
+                    else:
+                        bounds, cutoff = self._fixed_where_integral(lp.x), None
+                    found = milp(c, integrality=np.ones_like(c), bounds=bounds, constraints=self._rows(c, None, cutoff),
+                                 options={"time_limit": max(0.1, left() / 3), "mip_rel_gap": mip_rel_gap})
+                    if found.x is not None and found.status in (0, 1):
+                        x = self.vector(repair(self.chosen(found.x))) if repair else found.x
+                        if float(c @ x) < best_value:
+                            best, best_value, method = x, float(c @ x), "milp-relax-and-fix"
         if not large or left() >= IMPROVE_AFTER_FIX_MIN_S:
             whole = milp(c, integrality=np.ones_like(c), bounds=self.bounds,
                          constraints=self._rows(c, None, best_value),
@@ -489,9 +496,22 @@ class _Model:
                 bound = max(bound, float(dual))
         return self.chosen(best), method, bound - self.tie_break_slack
 
+    def _owner(self) -> np.ndarray:
+        return np.concatenate([[p.workload for p in self.pieces], np.arange(self.workloads)])
+
+    def _fixed_where_agreeing(self, x: np.ndarray, incumbent: np.ndarray) -> Bounds:
+        """Bounds with every workload on which the LP and the incumbent agree fixed to the incumbent."""
+        owner = self._owner()
+        differs = np.zeros(self.workloads, dtype=bool)
+        np.logical_or.at(differs, owner, np.abs(x - incumbent) > 1e-6)
+        fix = ~differs[owner]
+        lower, upper = self.bounds.lb.copy(), self.bounds.ub.copy()
+        lower[fix] = upper[fix] = incumbent[fix]
+        return Bounds(lower, upper)
+
     def _fixed_where_integral(self, x: np.ndarray) -> Bounds:
         """Bounds with the columns of every workload the LP placed integrally fixed to the LP's values."""
-        owner = np.concatenate([[p.workload for p in self.pieces], np.arange(self.workloads)])
+        owner = self._owner()
         fractional = np.abs(x - np.round(x)) > 1e-6
         unsettled = np.zeros(self.workloads, dtype=bool)
         np.logical_or.at(unsettled, owner, fractional)
