@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import json
 import subprocess
 import sys
@@ -107,3 +109,12 @@ def test_invalid_scenarios_exit_2_with_a_clear_message(tmp_path, objects, words)
     assert run.returncode == 2
     assert words in run.stderr, run.stderr
     assert "Traceback" not in run.stderr and run.stdout == ""
+
+
+def test_what_the_solver_prints_cannot_reach_stdout_while_simulating(capfd):
+    # HiGHS writes some diagnostics straight to file descriptor 1; -o json must stay parseable
+    from hetplace.cli import solver_output_to_stderr
+    with solver_output_to_stderr():
+        os.write(1, b"solver noise\n")
+    out, err = capfd.readouterr()
+    assert "solver noise" not in out and "solver noise" in err

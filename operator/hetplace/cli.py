@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -140,15 +141,16 @@ def simulate(scenario_paths: tuple[Path, ...], policies: tuple[str, ...], output
     names = POLICIES if "all" in policies else tuple(dict.fromkeys(policies or ("hetplace",)))
     trace = trace_from_manifests(load_manifests(list(scenario_paths)), ", ".join(map(str, scenario_paths)))
     steps = len(trace.step_times) * len(names)
-    if progress if progress is not None else (sys.stderr.isatty() or steps >= LONG_RUN_STEPS):
-        from rich.progress import Progress
+    with solver_output_to_stderr():
+        if progress if progress is not None else (sys.stderr.isatty() or steps >= LONG_RUN_STEPS):
+            from rich.progress import Progress
 
-        with Progress(console=Console(stderr=True), transient=sys.stderr.isatty()) as bar:
-            task = bar.add_task(f"simulating {trace.name}", total=steps)
-            sim = run_scenario(trace, names, on_step=lambda policy: bar.update(
-                task, advance=1, description=f"simulating {trace.name}: {policy}"))
-    else:
-        sim = run_scenario(trace, names)
+            with Progress(console=Console(stderr=True), transient=sys.stderr.isatty()) as bar:
+                task = bar.add_task(f"simulating {trace.name}", total=steps)
+                sim = run_scenario(trace, names, on_step=lambda policy: bar.update(
+                    task, advance=1, description=f"simulating {trace.name}: {policy}"))
+        else:
+            sim = run_scenario(trace, names)
 
     if output == "json":
         click.echo(json.dumps(report.simulation_json(sim), indent=2))
@@ -160,6 +162,21 @@ def simulate(scenario_paths: tuple[Path, ...], policies: tuple[str, ...], output
         plot_path.parent.mkdir(parents=True, exist_ok=True)
         plot_simulation(sim, plot_path)
         click.echo(f"plot written to {plot_path}", err=True)
+
+
+@contextlib.contextmanager
+def solver_output_to_stderr():
+    """HiGHS (inside scipy) can print diagnostics straight to file descriptor 1; while the
+    solver runs, that descriptor points at stderr so `-o json` on stdout stays parseable."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 @main.command("crds")
