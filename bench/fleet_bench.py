@@ -91,7 +91,8 @@ def _policy_rows(trace_name: str, sim) -> list[dict]:
     rows = []
     for name, run in sim.runs.items():
         row = {"trace": trace_name, "policy": name, "slo_attainment_pct": round(run.slo_attainment * 100, 3),
-               "mean_cost_per_hour": round(run.mean_cost_per_hour, 4), "migrations": run.migrations}
+               "mean_cost_per_hour": round(run.mean_cost_per_hour, 4), "migrations": run.migrations,
+               "resizes": run.resizes}
         if oracle is not None and oracle.mean_cost_per_hour > 0:
             row["cost_vs_oracle"] = round(run.mean_cost_per_hour / oracle.mean_cost_per_hour, 4)
         rows.append(row)
@@ -171,7 +172,8 @@ def stability(size: tuple[int, int, float, float], time_limit_s: float = 10.0) -
     rows = []
     for name, run in sim.runs.items():
         rows.append({"trace": trace.name, "policy": name, "workloads": len(trace.workloads), "hours": hours,
-                     "migrations": run.migrations,
+                     "migrations": run.migrations, "resizes": run.resizes,
                      "moves_per_workload_hour": round(run.migrations / len(trace.workloads) / hours, 4),
+                     "resizes_per_workload_hour": round(run.resizes / len(trace.workloads) / hours, 4),
                      "slo_attainment_pct": round(run.slo_attainment * 100, 3)})
     return {"name": "stability", "goal": "<= 1 move per workload per hour under ±20% telemetry noise", "rows": rows}

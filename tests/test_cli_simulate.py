@@ -36,7 +36,7 @@ def test_json_has_exactly_the_documented_keys():
     assert (doc["scenario"], doc["steps"], doc["stepSeconds"]) == ("factory-bandwidth-drop", 60, 60)
     assert list(doc["policies"]) == ALL
     for policy in doc["policies"].values():
-        assert list(policy) == ["sloAttainment", "meanCostPerHour", "migrations", "timeline"]
+        assert list(policy) == ["sloAttainment", "meanCostPerHour", "migrations", "resizes", "timeline"]
         assert len(policy["timeline"]) == 60
         step = policy["timeline"][0]
         assert list(step) == ["t", "costPerHour", "routes", "moves", "unplaced"]

@@ -49,7 +49,7 @@ def planning_view(history: Sequence[tuple[tuple[Pool, ...], tuple[Workload, ...]
                                                                                             tuple[Workload, ...]]:
     """The conditions to plan for, from recent observations (oldest first, the latest last): each
     link at the lowest bandwidth and highest RTT, each site at the highest traffic seen in the
-    window — and, where the last two observations trend worse, one more step of that trend.
+    window — and, where its last two observations rise, one more step of that rise.
 
     A control loop acts one cycle after it observes, so sizing for the latest sample alone is
     undone by the next noisy or rising one; like the HPA's stabilisation window, planning for the
@@ -72,8 +72,7 @@ def planning_view(history: Sequence[tuple[tuple[Pool, ...], tuple[Workload, ...]
                 rates.setdefault((w.key, t.site), []).append(t.requests_per_second)
 
     def worst_bandwidth(seen: list[float]) -> float:
-        trend = seen[-1] - seen[-2] if len(seen) > 1 else 0.0
-        return max(min(min(seen), seen[-1] + min(trend, 0.0)), min(seen) * 0.5)
+        return min(seen)      # links drop in steps, not ramps: a trend would only amplify noise
 
     def worst_rate(seen: list[float]) -> float:
         trend = seen[-1] - seen[-2] if len(seen) > 1 else 0.0

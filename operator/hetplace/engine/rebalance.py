@@ -55,6 +55,14 @@ class Move:
     saving_per_hour: float
     why: str
 
+    @property
+    def kind(self) -> str:
+        """"resize" when every site stays on its pool and variant (replicas or encodings change in
+        place, no new Deployment), "move" when one changes, "place" for a first placement."""
+        if self.before is None:
+            return "place"
+        return "resize" if assignment_of(self.before) == assignment_of(self.after) else "move"
+
 
 @dataclass(frozen=True)
 class Hold:
@@ -74,7 +82,8 @@ class MovePlan:
 
     @property
     def migrations(self) -> int:
-        return sum(m.reason != "place" for m in self.moves)
+        """Moves to another pool or variant (a resize in place is not one)."""
+        return sum(m.kind == "move" for m in self.moves)
 
 
 def plan_moves(workloads: Sequence[Workload], snapshot: Snapshot, running: Mapping[str, Running], now_s: float,
@@ -131,7 +140,13 @@ def plan_moves(workloads: Sequence[Workload], snapshot: Snapshot, running: Mappi
         """Apply w's move if it still fits beside everything else and harms no one; else say why not."""
         before = state.get(w.key)
         charge = ledger.remove(w)
-        after = _fit_beside(w, wanted[w.key], ledger.charged(snapshot))
+        charged = ledger.charged(snapshot)
+        after = None
+        if reason == "repair" and before is not None and not why.startswith("makes room"):
+            # scale in place first: the same pools and variants with replicas and encodings for now
+            resized = evaluate(w, charged, assignment_of(before))
+            after = resized if resized.feasible else None
+        after = after or _fit_beside(w, wanted[w.key], charged)
         verdict = _acceptable(w, reason, before, after)
         if verdict is None and not _harms_no_one(w, after, workloads, state, snapshot, ledger):
             verdict = "it would push another workload over its SLO"

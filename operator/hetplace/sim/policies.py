@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Mapping, Protocol
 
 from hetplace.engine.decision import Decision
+from hetplace.engine.evaluate import assignment_of
 from hetplace.engine.fleet import place_fleet
 from hetplace.engine.measure import measure_fleet
 from hetplace.engine.observed import planning_view
@@ -38,6 +39,7 @@ class PolicyMove:
     before: str          # placement label; "" when nothing ran
     after: str
     why: str
+    kind: str = "move"   # "place" | "move" (another pool or variant) | "resize" (replicas/encodings in place)
 
 
 @dataclass(frozen=True)
@@ -98,12 +100,12 @@ class ControlLoop:
         pools = tuple(p for p in pools if self._hardware is None or p.hardware in self._hardware)
         plan = plan_moves(workloads, Snapshot(pools), self._running, now_s=now.t_s,
                           max_moves=self._max_moves, time_limit_s=self._time_limit_s)
-        moved = {m.workload for m in plan.moves}
+        moved = {m.workload for m in plan.moves if m.kind != "resize"}   # a resize in place is not a move
         self._running = {key: Running(d, now.t_s if key in moved else self._running[key].last_move_s)
                          for key, d in plan.decisions.items()}
         self._unplaced = {h.workload: h.why for h in plan.held if h.workload not in plan.decisions}
         return tuple(PolicyMove(m.workload, m.reason, now.t_s, placement_label(m.before), placement_label(m.after),
-                                m.why) for m in plan.moves)
+                                m.why, m.kind) for m in plan.moves)
 
 
 class Oracle:
@@ -135,7 +137,10 @@ class Oracle:
                 reason, why = "repair", missing.get(w.key, "the placement no longer meets the spec")
             else:
                 reason, why = "saving", f"saves ${before.cost_per_hour - after.cost_per_hour:.4f}/h"
-            moves.append(PolicyMove(w.key, reason, now.t_s, placement_label(before), placement_label(after), why))
+            kind = "place" if before is None else \
+                "resize" if assignment_of(before) == assignment_of(after) else "move"
+            moves.append(PolicyMove(w.key, reason, now.t_s, placement_label(before), placement_label(after), why,
+                                    kind))
         self._decisions = decisions
         unplaced = {key: d.reason for key, d in plan.by_key.items() if not d.feasible and key not in decisions}
         return InEffect(decisions, tuple(moves), unplaced)

@@ -16,7 +16,8 @@ MAX_MOVE_LINES = 6
 
 
 def simulation_json(sim: Simulation) -> dict[str, Any]:
-    """`{scenario, steps, stepSeconds, policies: {name: {sloAttainment, meanCostPerHour, migrations, timeline}}}`."""
+    """`{scenario, steps, stepSeconds, policies: {name: {sloAttainment, meanCostPerHour, migrations, resizes, timeline}}}`
+    (`resizes`, beyond DESIGN §5: replicas or encodings changed in place, not counted as migrations)."""
     return {
         "scenario": sim.trace.name,
         "steps": len(sim.trace.step_times),
@@ -26,6 +27,7 @@ def simulation_json(sim: Simulation) -> dict[str, Any]:
                 "sloAttainment": round(run.slo_attainment, 6),
                 "meanCostPerHour": round(run.mean_cost_per_hour, 6),
                 "migrations": run.migrations,
+                "resizes": run.resizes,
                 "timeline": [_step_json(s) for s in run.steps],
             }
             for name, run in sim.runs.items()
@@ -75,7 +77,7 @@ def summary_table(sim: Simulation) -> Table:
     trace = sim.trace
     table = Table(title=f"{trace.name}: {len(trace.step_times)} steps of {trace.step_s:g} s "
                         f"({trace.duration_s:g} s), {len(trace.workloads)} workload(s), {len(trace.pools)} pool(s)")
-    for column in ("policy", "SLO attainment", "mean $/h", "migrations", "worst route latency",
+    for column in ("policy", "SLO attainment", "mean $/h", "migrations", "resizes", "worst route latency",
                    "route-steps missed"):
         table.add_column(column, justify="left" if column == "policy" else "right")
     for run in sim.runs.values():
@@ -85,6 +87,7 @@ def summary_table(sim: Simulation) -> Table:
             _attainment_cell(run.slo_attainment),
             f"{run.mean_cost_per_hour:.4f}",
             str(run.migrations),
+            str(run.resizes),
             f"{worst:.1f} ms" if math.isfinite(worst) else Text("unserved", style="red"),
             str(run.missed_route_steps()),
         )

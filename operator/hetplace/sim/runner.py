@@ -52,8 +52,14 @@ class PolicyRun:
 
     @property
     def migrations(self) -> int:
-        """Moves of a running workload; a first placement is not one."""
-        return sum(m.reason != "place" for s in self.steps for m in s.moves)
+        """Moves of a running workload to another pool or variant (a new Deployment, make-before-break);
+        a first placement and a resize in place are not ones."""
+        return sum(m.kind == "move" for s in self.steps for m in s.moves)
+
+    @property
+    def resizes(self) -> int:
+        """Changes of replicas or encodings in place."""
+        return sum(m.kind == "resize" for s in self.steps for m in s.moves)
 
     @property
     def worst_latency_ms(self) -> float:
