@@ -43,7 +43,8 @@ def test_json_has_exactly_the_documented_keys():
         assert all(list(r) == ["workload", "site", "servedBy", "requestsPerSecond", "latencyMs", "withinSlo",
                                "whyMissed"] for r in step["routes"])
     repair = doc["policies"]["hetplace"]["timeline"][16]["moves"][0]
-    assert list(repair) == ["workload", "reason", "decidedAt", "from", "to", "why"]
+    assert list(repair) == ["workload", "reason", "kind", "decidedAt", "from", "to", "why"]
+    assert repair["kind"] == "move"
     assert (repair["reason"], repair["decidedAt"]) == ("repair", 900)
     assert doc["policies"]["hetplace"]["sloAttainment"] == pytest.approx(1 - 20 / 7200, abs=1e-6)
 

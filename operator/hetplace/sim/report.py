@@ -52,7 +52,7 @@ def _step_json(step: StepOutcome) -> dict[str, Any]:
             for r in step.routes
         ],
         "moves": [
-            {"workload": m.workload, "reason": m.reason, "decidedAt": _seconds(m.decided_at_s),
+            {"workload": m.workload, "reason": m.reason, "kind": m.kind, "decidedAt": _seconds(m.decided_at_s),
              "from": m.before, "to": m.after, "why": m.why}
             for m in step.moves
         ],
