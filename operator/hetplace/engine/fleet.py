@@ -78,7 +78,10 @@ def place_one(w: Workload, snapshot: Snapshot, placed: Ledger, current: Decision
 
 
 def place_fleet(workloads: Sequence[Workload], snapshot: Snapshot, *, time_limit_s: float = 10.0,
-                mip_rel_gap: float = 1e-3, clock: Clock | None = None) -> FleetPlan:
-    """The fleet's least-cost placement (see fleet_milp for the formulation)."""
+                mip_rel_gap: float = 1e-3, clock: Clock | None = None,
+                incumbent: Mapping[str, Decision] | None = None) -> FleetPlan:
+    """The fleet's least-cost placement (see fleet_milp for the formulation). With `incumbent`
+    (what runs now), a running placement is kept unless moving saves its minImprovementPercent."""
     from hetplace.engine.fleet_milp import solve_fleet
-    return solve_fleet(workloads, snapshot, time_limit_s=time_limit_s, mip_rel_gap=mip_rel_gap, clock=clock)
+    return solve_fleet(workloads, snapshot, time_limit_s=time_limit_s, mip_rel_gap=mip_rel_gap, clock=clock,
+                       incumbent=incumbent)

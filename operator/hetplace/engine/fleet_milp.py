@@ -30,7 +30,7 @@ import dataclasses
 import math
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 from scipy import sparse
@@ -260,7 +260,7 @@ def pieces_of_decision(w: Workload, index: int, d: Decision, snap: Snapshot) -> 
 
 
 def solve_fleet(workloads: Sequence[Workload], snapshot: Snapshot, *, time_limit_s: float, mip_rel_gap: float,
-                clock=None):
+                clock=None, incumbent: Mapping[str, Decision] | None = None):
     from hetplace.engine.fleet import FleetPlan
 
     started = clock() if clock else 0.0
@@ -315,7 +315,16 @@ def solve_fleet(workloads: Sequence[Workload], snapshot: Snapshot, *, time_limit
             found = pieces_of(w, i, snapshot, extra_replicas=1, per_subset=3)
         offered.append(_unique(solo_pieces[i] + greedy[i] + found))
 
-    model = _model(workloads, offered, snapshot)
+    # What runs now is offered too, priced down by the saving a move would have to beat
+    # (minImprovementPercent): the target then moves a workload only when that pays, or when
+    # something else needs its room — so it agrees with the hysteresis it is filtered by.
+    bonus: dict[tuple, float] = {}
+    for i, w in enumerate(workloads):
+        running = (incumbent or {}).get(w.key)
+        for p in _pieces_of_running(w, i, running, snapshot) if offered[i] and running is not None else ():
+            bonus[_key(p)] = p.cost_per_hour * w.min_improvement_percent / 100.0
+            offered[i] = _unique(offered[i] + [p])
+    model = _model(workloads, offered, snapshot, bonus)
     # the time limit is HiGHS's: it counts from here (building the pieces is reported in solve_seconds)
     solver_start = elapsed()
     left = lambda: max(0.1, time_limit_s - (elapsed() - solver_start))   # noqa: E731
@@ -328,13 +337,25 @@ def solve_fleet(workloads: Sequence[Workload], snapshot: Snapshot, *, time_limit
     chosen, method, proven = model.solve(c, greedy, left(), max(1e-9, mip_rel_gap * dollars / penalised), left,
                                          repair=lambda found: _repaired(found, offered, solo_pieces, greedy,
                                                                         snapshot))
-    proven -= UNPLACED_PENALTY_PER_HOUR * sum(1 for ps in chosen if not ps)
+    proven -= UNPLACED_PENALTY_PER_HOUR * sum(1 for ps in chosen if not ps) + sum(bonus.values())
     chosen = _polished(chosen, offered, snapshot)
     left_out = sum(1 for c in chosen if not c)
     bound = model.lp_bound(left_out, max(left(), time_limit_s / 4))
     if left_out == 0:
         bound = max(bound, solo_bound)
     return plan(chosen, method, bound, proven)
+
+
+def _pieces_of_running(w: Workload, index: int, running: Decision, snap: Snapshot) -> list[Piece]:
+    """A running placement as pieces, when everything it names still exists and is up."""
+    pools = {p.name: p for p in snap.pools}
+    if not running.feasible or any(g.pool not in pools or pools[g.pool].down for g in running.groups):
+        return []
+    if not {g.variant for g in running.groups} <= {v.name for v in w.variants} or \
+            not {r.encoding for g in running.groups for r in g.routes} <= {e.name for e in w.encodings} or \
+            {r.site for g in running.groups for r in g.routes} != {t.site for t in w.traffic}:
+        return []
+    return pieces_of_decision(w, index, running, snap)
 
 
 def _repaired(chosen: list[list[Piece]], offered, solo_pieces, greedy, snap: Snapshot) -> list[list[Piece]]:
@@ -529,10 +550,12 @@ class _Model:
         return float(lp.fun) if lp.status == 0 else 0.0
 
 
-def _model(workloads, offered, snap: Snapshot) -> _Model:
+def _model(workloads, offered, snap: Snapshot, bonus: Mapping[tuple, float] | None = None) -> _Model:
     pieces = [p for ps in offered for p in ps]
     n, W = len(pieces), len(workloads)
-    c = np.concatenate([[p.cost_per_hour + TIE_BREAK_PER_RANK * p.rank for p in pieces], np.zeros(W)])
+    bonus = bonus or {}
+    c = np.concatenate([[p.cost_per_hour + TIE_BREAK_PER_RANK * p.rank - bonus.get(_key(p), 0.0) for p in pieces],
+                        np.zeros(W)])
     upper = np.ones(n + W)
     entries: list[tuple[int, int, float]] = []
     lower: list[float] = []

@@ -90,11 +90,12 @@ def plan_moves(workloads: Sequence[Workload], snapshot: Snapshot, running: Mappi
                *, max_moves: int = 10, time_limit_s: float = 10.0, clock: Clock | None = None) -> MovePlan:
     """One rebalance cycle on observed `workloads` (current traffic) and `snapshot` (current links,
     pools down); `running` holds what is deployed."""
-    target = place_fleet(workloads, snapshot, time_limit_s=time_limit_s, clock=clock)
-    wanted = target.by_key
     by_key = {w.key: w for w in workloads}
     deployed = {k: r.decision for k, r in running.items() if k in by_key and r.decision.feasible}
     problems = _problems(workloads, snapshot, deployed)
+    target = place_fleet(workloads, snapshot, time_limit_s=time_limit_s, clock=clock,
+                         incumbent={k: d for k, d in deployed.items() if k not in problems})
+    wanted = target.by_key
 
     candidates: list[tuple[tuple, Workload, MoveReason, str]] = []
     held: list[Hold] = []
@@ -169,6 +170,43 @@ def plan_moves(workloads: Sequence[Workload], snapshot: Snapshot, running: Mappi
             state.pop(w.key, None)
         moves.remove(move)
 
+    def joint_repair(w: Workload, why: str) -> bool:
+        """Move w and every workload tied to it (sharing a pool or link, transitively) that the
+        target moves, all at once: the target is one consistent placement, so what one move at a
+        time could not fit may fit together. Kept only if nothing that met its SLO misses it and
+        no pool is over capacity."""
+        group = _tied_to(w.key, wanted, state, by_key)
+        changing = [k for k in group if k not in state or wanted[k].fingerprint() != state[k].fingerprint()]
+        if any(not wanted[k].feasible for k in changing) or len(changing) > budget_left():
+            return False
+        touched = _pools_and_links([wanted[k] for k in changing] + [state[k] for k in changing if k in state])
+        around = [o for o in workloads if o.key in state and _uses(state[o.key], touched)]
+        before = {(m.workload, m.site) for m in measure_fleet([(o, state[o.key]) for o in around], snapshot.pools,
+                                                              _background(snapshot, ledger, around))
+                  if m.within_slo}
+        applied = []
+        for key in changing:
+            other = by_key[key]
+            charges[key] = ledger.remove(other)
+            ledger.add(other, wanted[key])
+            previous = state.get(key)
+            state[key] = wanted[key]
+            saving = previous.cost_per_hour - wanted[key].cost_per_hour if previous is not None else 0.0
+            applied.append(Move(key, "repair", previous, wanted[key], saving,
+                                why if key == w.key else f"moves with {w.key} to repair it"))
+        moves.extend(applied)
+        around = [o for o in workloads if o.key in state and _uses(state[o.key], touched)]
+        after = {(m.workload, m.site) for m in measure_fleet([(o, state[o.key]) for o in around], snapshot.pools,
+                                                             _background(snapshot, ledger, around))
+                 if m.within_slo}
+        over = any(_over_capacity(p, ledger.pool_used.get(p.name), snapshot) for p in snapshot.pools)
+        repaired = all((w.key, t.site) in after for t in w.traffic)
+        if before - after or over or not repaired:
+            for move in reversed(applied):
+                undo(move)
+            return False
+        return True
+
     def budget_left() -> int:
         return max_moves - sum(m.reason != "place" for m in moves)
 
@@ -190,6 +228,8 @@ def plan_moves(workloads: Sequence[Workload], snapshot: Snapshot, running: Mappi
             if verdict is not None:
                 for move in reversed(room):
                     undo(move)
+            if verdict is not None and joint_repair(w, why):
+                verdict = None
         if verdict is not None:
             held.append(Hold(w.key, f"{why}, but {verdict}"))
 
@@ -229,6 +269,50 @@ def _problems(workloads: Sequence[Workload], snapshot: Snapshot, deployed: Mappi
         if not m.within_slo and m.workload not in problems:
             problems[m.workload] = f"{m.site}: {m.why_missed}"
     return problems
+
+
+def _pools_and_links(decisions: Sequence[Decision]) -> tuple[set[str], set[tuple[str, str]]]:
+    pools = {g.pool for d in decisions for g in d.groups}
+    links = {(r.site, g.pool) for d in decisions for g in d.groups for r in g.routes}
+    return pools, links
+
+
+def _uses(d: Decision, touched: tuple[set[str], set[tuple[str, str]]]) -> bool:
+    pools, links = _pools_and_links([d])
+    return bool(pools & touched[0] or links & touched[1])
+
+
+def _tied_to(key: str, wanted: Mapping[str, Decision], state: Mapping[str, Decision],
+             by_key: Mapping[str, Workload]) -> set[str]:
+    """Workloads reachable from `key` through shared pools or links of their current or target placements."""
+    placements = {k: [d for d in (state.get(k), wanted.get(k)) if d is not None and d.feasible] for k in by_key}
+    group, frontier = {key}, [key]
+    while frontier:
+        touched = _pools_and_links(placements[frontier.pop()])
+        for other, ds in placements.items():
+            if other not in group and any(_uses(d, touched) for d in ds):
+                group.add(other)
+                frontier.append(other)
+    return group
+
+
+def _background(snapshot: Snapshot, ledger: Ledger, measured: Sequence[Workload]) -> dict[tuple[str, str], float]:
+    """Link load of everything in the ledger but the workloads about to be measured (who add their own)."""
+    load: dict[tuple[str, str], float] = defaultdict(float, snapshot.link_load_bytes_per_s)
+    for key, rate in ledger.link_load.items():
+        load[key] += rate
+    for o in measured:
+        for key, rate in ledger.links_of(o.key).items():
+            load[key] -= rate
+    return load
+
+
+def _over_capacity(pool, used: Resources | None, snapshot: Snapshot) -> bool:
+    if used is None:
+        return False
+    total = pool.capacity.plus(snapshot.pool_used.get(pool.name, Resources()).times(-1))
+    return (used.cpu_cores > total.cpu_cores + 1e-9 or used.memory_bytes > total.memory_bytes * (1 + 1e-9)
+            or used.accelerators > total.accelerators)
 
 
 def _in_the_way(w: Workload, wanted: Mapping[str, Decision], state: Mapping[str, Decision], moves: Sequence[Move],

@@ -125,6 +125,11 @@ class Ledger:
             self._apply(w.key, *charged, -1)
         return charged
 
+    def links_of(self, key: str) -> dict[Link, float]:
+        """The link load charged for one workload."""
+        charge = self._charged.get(key)
+        return dict(charge[1]) if charge else {}
+
     def restore(self, w: Workload, charge: Charge | None) -> None:
         self.remove(w)
         if charge is not None:
