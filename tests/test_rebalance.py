@@ -217,3 +217,13 @@ def test_a_spec_that_renames_what_is_running_is_repaired_not_a_crash(renamed):
     plan = plan_moves([changed], snap, {w.key: Running(on_dear, 0)}, 1000)
     assert [m.reason for m in plan.moves] == ["repair"]
     assert "no longer" in plan.moves[0].why
+
+
+@pytest.mark.parametrize("cheap_price, stays", [(0.28, True), (0.20, False)],
+                         ids=["the target keeps a running placement a move would save under 10% on",
+                              "the target moves it when the saving beats minImprovementPercent"])
+def test_the_fleet_target_prices_in_the_hysteresis(cheap_price, stays):
+    w, snap, on_dear = cheap_and_dear(cheap_price)
+    target = place_fleet([w], snap, incumbent={w.key: on_dear})
+    assert (target.by_key[w.key].groups[0].pool == "cpu-dear") is stays
+    assert target.lower_bound_per_hour <= target.cost_per_hour + 1e-9

@@ -284,7 +284,13 @@ def solve_fleet(workloads: Sequence[Workload], snapshot: Snapshot, *, time_limit
         return FleetPlan(tuple(zip(workloads, decisions)), cost, bound, method, elapsed(),
                          sum(d.feasible for d in decisions), bound if proven is None else max(bound, proven))
 
-    if _fit_together(solo_pieces, snapshot):
+    def worth_leaving(w: Workload, d: Decision) -> bool:
+        running = (incumbent or {}).get(w.key)
+        return running is None or not running.feasible or running.fingerprint() == d.fingerprint() or \
+            not _pieces_of_running(w, 0, running, snapshot) or \
+            d.cost_per_hour <= running.cost_per_hour * (1 - w.min_improvement_percent / 100.0)
+
+    if _fit_together(solo_pieces, snapshot) and all(worth_leaving(w, d) for w, d in zip(workloads, solo)):
         return plan(solo_pieces, "solo-optimal", solo_bound, solo_bound)
 
     # The fast greedy (each workload in turn on what the ones before it left) is the cutoff and
