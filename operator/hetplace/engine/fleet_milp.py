@@ -517,6 +517,8 @@ class _Model:
                 if float(c @ whole.x) <= best_value + 1e-9 * max(1.0, abs(best_value)):
                     best, best_value = whole.x, float(c @ whole.x)
                     method = "milp" if whole.status == 0 else "milp-time-limit"
+                elif whole.status == 0:     # the search finished: what it kept is within the gap of optimal
+                    method = "milp"
                 if dual is not None and np.isfinite(dual):
                     bound = max(bound, float(dual))
             elif dual is not None and np.isfinite(dual):
