@@ -257,11 +257,11 @@ IMPURE = {"kopf", "kubernetes", "requests", "urllib", "http", "socket", "aiohttp
           "tritonclient", "prometheus_client", "os", "subprocess", "random"}
 
 
-@pytest.mark.parametrize("package", ["engine", "sim"])   # render joins when it has code (issue #4)
+@pytest.mark.parametrize("package", ["engine", "sim", "render"])
 def test_pure_packages_import_no_io(package):
     root = REPO / "operator" / "hetplace" / package
     modules = list(root.rglob("*.py"))
-    assert len(modules) > 5
+    assert len(modules) > 2      # the walk found the package, not an empty folder
     for path in modules:
         for node in ast.walk(ast.parse(path.read_text())):
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
