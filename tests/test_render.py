@@ -176,3 +176,39 @@ def test_a_workload_with_the_longest_name_the_api_allows_renders_objects_the_sch
         kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
     assert len(long_name) == 63
     assert dns_label(long_name, "cpu-cloud-eu", "onnx") != f"{long_name}-cpu-cloud-eu-onnx"
+
+
+# --- `hetplace render` -----------------------------------------------------------------------------
+
+def run_cli(*args):
+    import subprocess
+    import sys
+    return subprocess.run([sys.executable, "-m", "hetplace", *map(str, args)], capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_hetplace_render_prints_objects_a_cluster_would_accept():
+    run = run_cli("render", "-f", FACTORY / "workload.yaml", "--pools", FACTORY / "pools",
+                  "--telemetry", FACTORY / "telemetry-250kbps.yaml")
+    assert run.returncode == 0, run.stderr
+    objects = list(yaml.safe_load_all(run.stdout))
+    assert [o["kind"] for o in objects] == ["Deployment", "Deployment", "Service", "Service", "ConfigMap"]
+    for obj in objects:
+        assert "ownerReferences" not in obj["metadata"]
+        kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
+
+
+def test_hetplace_render_of_an_infeasible_workload_renders_nothing_and_exits_3(tmp_path):
+    text = (FACTORY / "workload.yaml").read_text().replace("latencyMs: 150", "latencyMs: 2.5")
+    assert text != (FACTORY / "workload.yaml").read_text()
+    (tmp_path / "tight.yaml").write_text(text)
+    run = run_cli("render", "-f", tmp_path / "tight.yaml", "--pools", FACTORY / "pools")
+    assert run.returncode == 3
+    assert run.stdout.strip() == "" and "infeasible: factory/defect-detector" in run.stderr
+
+
+def test_hetplace_render_refuses_invalid_input_naming_the_field(tmp_path):
+    text = (FACTORY / "workload.yaml").read_text().replace("percentile: 99", "percentile: 120")
+    (tmp_path / "bad.yaml").write_text(text)
+    run = run_cli("render", "-f", tmp_path / "bad.yaml", "--pools", FACTORY / "pools")
+    assert run.returncode == 2 and "spec.slo.percentile = 120" in run.stderr

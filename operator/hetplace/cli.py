@@ -1,4 +1,4 @@
-"""The `hetplace` command line: explain, simulate, crds (and later run, render)."""
+"""The `hetplace` command line: explain, simulate, render, crds (and later run)."""
 
 from __future__ import annotations
 
@@ -45,6 +45,21 @@ def user_errors(command: Callable) -> Callable:
     return run
 
 
+def decision_inputs(command: Callable) -> Callable:
+    """The options of the commands that decide workloads from files: -f, --pools, --telemetry."""
+    for option in reversed([
+        click.option("-f", "--filename", "workload_file", required=True,
+                     type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                     help="InferenceWorkload manifest(s); pools in it are used when --pools is not given."),
+        click.option("--pools", "pools_path", type=click.Path(exists=True, path_type=Path),
+                     help="ComputePool manifests: a file or a directory of *.yaml."),
+        click.option("--telemetry", "telemetry_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                     help="Observed links and traffic that override the declared ones."),
+    ]):
+        command = option(command)
+    return command
+
+
 @click.group()
 @click.version_option(package_name="hetplace")
 def main() -> None:
@@ -52,13 +67,7 @@ def main() -> None:
 
 
 @main.command()
-@click.option("-f", "--filename", "workload_file", required=True,
-              type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="InferenceWorkload manifest(s); pools in it are used when --pools is not given.")
-@click.option("--pools", "pools_path", type=click.Path(exists=True, path_type=Path),
-              help="ComputePool manifests: a file or a directory of *.yaml.")
-@click.option("--telemetry", "telemetry_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Observed links and traffic that override the declared ones.")
+@decision_inputs
 @click.option("--compare", is_flag=True,
               help="With --telemetry: also decide on the declared values and say what moved and why "
                    "(json/yaml: {declared, observed, moves}).")
@@ -162,6 +171,43 @@ def simulate(scenario_paths: tuple[Path, ...], policies: tuple[str, ...], output
         plot_path.parent.mkdir(parents=True, exist_ok=True)
         plot_simulation(sim, plot_path)
         click.echo(f"plot written to {plot_path}", err=True)
+
+
+@main.command()
+@decision_inputs
+@click.option("-o", "--output", type=click.Choice(["yaml", "json"]), default="yaml", show_default=True)
+@user_errors
+def render(workload_file: Path, pools_path: Path | None, telemetry_path: Path | None, output: str) -> None:
+    """Print the Kubernetes objects a decision produces (Deployments, Services, the routes ConfigMap),
+    for teams that review rendered output in Git. No owner references: there is no live object.
+
+    Exit status: 0 rendered, 3 a workload is infeasible (nothing rendered for it), 2 invalid input.
+    """
+    from hetplace import explain as ex
+    from hetplace.api.load import load_manifests
+    from hetplace.engine.from_api import workload_from_spec
+    from hetplace.render import render_decision
+
+    objects, declared_pools = ex.read_inputs(workload_file, pools_path)
+    pool_objects = {p.metadata.name: p for p in load_manifests([pools_path or workload_file]).pools}
+    declared = [workload_from_spec(o.metadata.namespace or "default", o.metadata.name, o.spec) for o in objects]
+    pools, workloads = ex.observe(declared_pools, declared, telemetry_path)
+    rendered, infeasible = [], []
+    for obj, case in zip(objects, ex.decide(workloads, pools)):
+        if not case.decision.feasible:
+            infeasible.append(case.decision)
+            continue
+        if obj.metadata.namespace is None:
+            obj = obj.model_copy(update={"metadata": obj.metadata.model_copy(update={"namespace": "default"})})
+        rendered += render_decision(obj, pool_objects, case.decision).objects
+    if output == "json":
+        click.echo(json.dumps(rendered, indent=2))
+    else:
+        click.echo(yaml.safe_dump_all(rendered, sort_keys=False), nl=False)
+    for d in infeasible:
+        click.echo(f"infeasible: {d.workload}: {d.reason}", err=True)
+    if infeasible:
+        sys.exit(EXIT_INFEASIBLE)
 
 
 @contextlib.contextmanager
