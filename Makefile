@@ -4,7 +4,13 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench crds clean
+.PHONY: demo test bench crds clean tools
+
+# Real parts the tests run (DESIGN §6): Debian's prometheus brings promtool and the server.
+tools:
+	@command -v promtool >/dev/null 2>&1 || { \
+	  echo "installing Debian's prometheus (promtool) for the tests"; \
+	  apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,7 +25,7 @@ demo: $(STAMP)
 	$(BIN)/hetplace simulate manifests/examples/factory-bandwidth-drop.yaml --policy all --plot $(DEMO_PLOT)
 	@echo "The plot (each route's latency against its SLO per policy, and cost) is at $(CURDIR)/$(DEMO_PLOT)"
 
-test: $(STAMP)
+test: $(STAMP) tools
 	$(BIN)/python -m pytest -n 2 -q
 
 bench: $(STAMP)

@@ -1,0 +1,59 @@
+"""The operator's Prometheus metrics: what it decided, how long that took, what it predicts and
+observes per route, what placements cost, what moved, how full the pools are, and how old the
+telemetry is. One registry per operator (tests make their own); names follow Prometheus
+conventions (base units, `_total` counters, `_seconds`, `_ratio`)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from hetplace.engine.decision import Decision
+
+DECISION_OUTCOMES = ("placed", "infeasible", "invalid", "unchanged")
+MOVE_REASONS = ("place", "repair", "saving")
+
+
+class OperatorMetrics:
+    """The metric families, registered in their own registry."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.decisions = Counter("hetplace_decisions", "Placement decisions by outcome.", ["outcome"], registry=r)
+        self.decision_duration = Histogram(
+            "hetplace_decision_duration_seconds", "Time to decide one workload (validate, snapshot, engine).",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10), registry=r)
+        self.predicted_latency = Gauge(
+            "hetplace_route_predicted_latency_seconds", "Predicted latency at the SLO percentile of a route.",
+            ["namespace", "workload", "site", "pool", "variant"], registry=r)
+        self.observed_latency = Gauge(
+            "hetplace_route_observed_latency_seconds", "Observed latency at the SLO percentile of a route.",
+            ["namespace", "workload", "site", "pool", "variant"], registry=r)
+        self.cost = Gauge("hetplace_workload_cost_dollars_per_hour", "What a workload's placement costs per hour.",
+                          ["namespace", "workload"], registry=r)
+        self.moves = Counter("hetplace_moves", "Placement changes of running workloads by reason and kind.",
+                             ["reason", "kind"], registry=r)
+        self.pool_utilization = Gauge("hetplace_pool_utilization_ratio",
+                                      "Share of a pool's resource held by hetplace's replicas.",
+                                      ["pool", "resource"], registry=r)
+        self.telemetry_age = Gauge("hetplace_telemetry_age_seconds", "Age of the newest telemetry sample used.",
+                                   ["source"], registry=r)
+        self.infeasible = Gauge("hetplace_infeasible_workloads", "Workloads with no placement that meets their spec.",
+                                registry=r)
+        for outcome in DECISION_OUTCOMES:      # present from the start, at 0, so rates work at once
+            self.decisions.labels(outcome)
+
+    def record_decision(self, namespace: str, name: str, decision: Decision) -> None:
+        """Count a decision and publish its routes' predicted latency and its cost."""
+        self.decisions.labels("placed" if decision.feasible else "infeasible").inc()
+        if not decision.feasible:
+            return
+        self.cost.labels(namespace, name).set(decision.cost_per_hour)
+        for g in decision.groups:
+            for r in g.routes:
+                self.predicted_latency.labels(namespace, name, r.site, g.pool, g.variant).set(
+                    r.predicted_latency_ms / 1000.0)
+
+    def exposition(self) -> bytes:
+        """The text format Prometheus scrapes."""
+        return generate_latest(self.registry)
