@@ -1,0 +1,72 @@
+"""The operator's settings, from HETPLACE_* environment variables (set by the Helm chart's values).
+
+Every setting has a safe default; a bad value stops the operator at start with the variable, the
+value and the rule, rather than running with a guess.
+"""
+
+from __future__ import annotations
+
+import re
+
+from pydantic import Field, HttpUrl, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Triton's own metrics (DESIGN §4); {namespace}, {workload}, {pool}, {variant}, {site} are filled in.
+DEFAULT_QUERIES = {
+    "request_duration_us": 'sum(rate(nv_inference_request_duration_us{{namespace="{namespace}",'
+                           'hetplace_io_workload="{workload}",hetplace_io_pool="{pool}"}}[5m]))',
+    "queue_duration_us": 'sum(rate(nv_inference_queue_duration_us{{namespace="{namespace}",'
+                         'hetplace_io_workload="{workload}",hetplace_io_pool="{pool}"}}[5m]))',
+    "request_success": 'sum(rate(nv_inference_request_success{{namespace="{namespace}",'
+                       'hetplace_io_workload="{workload}",hetplace_io_pool="{pool}"}}[5m]))',
+    "link_bandwidth_bytes": 'min_over_time(hetplace_link_bandwidth_bytes{{site="{site}",pool="{pool}"}}[5m])',
+    "link_rtt_seconds": 'max_over_time(hetplace_link_rtt_seconds{{site="{site}",pool="{pool}"}}[5m])',
+    "site_requests": 'sum(rate(hetplace_site_requests_total{{namespace="{namespace}",workload="{workload}",'
+                     'site="{site}"}}[5m]))',
+}
+PLACEHOLDERS = {"namespace", "workload", "pool", "variant", "site"}
+
+
+class Settings(BaseSettings):
+    """HETPLACE_PROMETHEUS_URL, HETPLACE_REBALANCE_INTERVAL_SECONDS, … (one per field, upper case)."""
+
+    model_config = SettingsConfigDict(env_prefix="HETPLACE_", extra="forbid", frozen=True)
+
+    prometheus_url: HttpUrl | None = None
+    """Prometheus HTTP API; none: decide on the declared links and traffic (TelemetryFresh=False says so)."""
+    queries: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_QUERIES))
+    """PromQL templates by name (JSON in HETPLACE_QUERIES); missing names keep their default."""
+    telemetry_interval_seconds: float = Field(default=30, ge=1, le=3600)
+    telemetry_stale_after_seconds: float = Field(default=300, ge=1, le=86400)
+    rebalance_interval_seconds: float = Field(default=60, ge=5, le=86400)
+    max_moves_per_cycle: int = Field(default=10, ge=0, le=1000)
+    solver_time_limit_seconds: float = Field(default=10, gt=0, le=600)
+    move_timeout_seconds: float = Field(default=600, ge=10, le=86400)
+    """A move whose new group is not ready by then goes back to the old placement."""
+    watch_namespaces: list[str] = Field(default_factory=list)
+    """Empty: every namespace (cluster-wide)."""
+    peering_name: str = Field(default="hetplace", pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=63)
+    dry_run: bool = False
+    """Decide and report in status and Events, but create, change and delete nothing."""
+    metrics_port: int = Field(default=8080, ge=1, le=65535)
+    triton_image: str = Field(default="nvcr.io/nvidia/tritonserver:24.12-py3", min_length=1)
+
+    @field_validator("queries")
+    @classmethod
+    def _known_placeholders(cls, queries: dict[str, str]) -> dict[str, str]:
+        merged = {**DEFAULT_QUERIES, **queries}
+        for name, template in merged.items():
+            try:
+                template.format(**{key: "x" for key in PLACEHOLDERS})
+            except (KeyError, IndexError, ValueError) as bad:
+                raise ValueError(f"query {name!r}: {bad!r} is not one of the placeholders "
+                                 f"{sorted(PLACEHOLDERS)} (write literal braces as {{{{ }}}})") from None
+        return merged
+
+    @field_validator("watch_namespaces")
+    @classmethod
+    def _dns_labels(cls, namespaces: list[str]) -> list[str]:
+        for namespace in namespaces:
+            if not re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", namespace) or len(namespace) > 63:
+                raise ValueError(f"{namespace!r} is not a namespace name (a DNS label)")
+        return namespaces
