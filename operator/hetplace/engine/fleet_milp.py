@@ -17,11 +17,15 @@ piece with one more replica tolerates more load; such pieces are offered where a
 bind.
 
 HiGHS solves it through scipy.optimize.milp with a time limit and a relative gap. scipy's milp
-takes no initial solution, so the greedy (each workload's cheapest fitting pieces, in order)
-enters as an objective cutoff row and is returned when HiGHS finds nothing better in time. The
-LP relaxation gives the lower bound. When every workload's own optimum fits beside the others
-(often, on a fleet with room), that is the optimum — the sum of solo optima bounds any fleet
-placement from below — and no MILP is built.
+takes no initial solution, so the greedy (place_in_order: each workload's own optimum on what the
+ones before it left) is offered as pieces, enters as the objective cutoff, and is returned when
+HiGHS finds nothing better in time. Large models first solve the LP relaxation and search two
+neighbourhoods of it (keep the greedy where the LP agrees; fix what the LP settles), then the
+whole MILP cut off at the best so far. The LP relaxation gives the lower bound. With an
+incumbent (what runs now), its pieces are discounted by minImprovementPercent, so the target
+keeps a running placement unless moving pays. When every workload's own optimum fits beside
+the others' (often, on a fleet with room), that is the optimum — the sum of solo optima bounds
+any fleet placement from below — and no MILP is built.
 """
 
 from __future__ import annotations
@@ -38,8 +42,8 @@ from scipy.optimize import Bounds, LinearConstraint, milp
 
 from hetplace.engine.decision import Decision, GroupPlan, RoutePlan
 from hetplace.engine.filters import first_group_rejection
-from hetplace.engine.groups import EPS_S, candidates, group_table, route_table
 from hetplace.engine.fleet import place_in_order
+from hetplace.engine.groups import EPS_S, candidates, group_table, route_table
 from hetplace.engine.optimise import EXACT_SITE_LIMIT, solve
 from hetplace.engine.queueing import compute_latency_s
 from hetplace.engine.snapshot import Pool, Resources, Snapshot, Workload

@@ -28,7 +28,7 @@ from hetplace.engine.decision import Decision
 from hetplace.engine.evaluate import assignment_of, evaluate
 from hetplace.engine.filters import hardware_matches, namespace_allowed, pool_allowed, pool_is_up, region_allowed
 from hetplace.engine.fleet import Clock, FleetPlan, place_fleet
-from hetplace.engine.measure import RouteMeasure, measure_fleet
+from hetplace.engine.measure import measure_fleet
 from hetplace.engine.optimise import solve
 from hetplace.engine.snapshot import Resources, Snapshot, Workload
 from hetplace.engine.cost import replicas_that_fit
