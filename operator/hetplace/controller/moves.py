@@ -1,0 +1,78 @@
+"""Make-before-break moves as a pure state machine (DESIGN §4): what to run, where routes point,
+what to delete, and the phase to report — from what is observed ready and the time.
+
+A move from `old` to `new` first runs both: groups only in `new` are created, groups in both keep
+the larger of their two replica counts. Routes keep pointing at `old` until every group of
+`new` is ready (Deployment available and, by the caller, the model ready through tritonclient);
+then routes switch and what only `old` had is deleted, and kept groups take their new size. A
+move not ready by its timeout goes back: the new-only groups are deleted and routes stay on
+`old`, with the reason.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Mapping
+
+from hetplace.engine.decision import Decision
+
+GroupKey = tuple[str, str]          # (pool, variant)
+Phase = Literal["Placed", "Migrating"]
+
+
+@dataclass(frozen=True)
+class InFlight:
+    """A move under way: from `old` (None for a first placement) to `new`, since `started_s`."""
+
+    old: Decision | None
+    new: Decision
+    started_s: float
+    timeout_s: float
+
+
+@dataclass(frozen=True)
+class Step:
+    """What the apply layer does now, and what status says."""
+
+    run: Mapping[GroupKey, int]      # groups to exist, with their replicas
+    delete: tuple[GroupKey, ...]     # groups to remove
+    routes: Decision                 # the placement the routes ConfigMap points at
+    phase: Phase
+    reason: str                      # condition reason: Moving | Moved | MoveTimedOut | Placed
+    message: str
+    finished: bool
+
+
+def _groups(d: Decision | None) -> dict[GroupKey, int]:
+    return {(g.pool, g.variant): g.replicas for g in d.groups} if d is not None and d.feasible else {}
+
+
+def _names(keys) -> str:
+    return ", ".join(f"{pool}/{variant}" for pool, variant in sorted(keys))
+
+
+def advance(move: InFlight, ready: Mapping[GroupKey, bool], now_s: float) -> Step:
+    """The next step of `move`, given which groups are ready now."""
+    old, new = _groups(move.old), _groups(move.new)
+    if move.old is None or not old:     # nothing serving to protect: deploy and route at once
+        waiting = [k for k in new if not ready.get(k, False)]
+        return Step(new, (), move.new, "Placed", "Placed",
+                    f"waiting for {_names(waiting)} to be ready" if waiting else "every group is ready",
+                    finished=not waiting)
+    not_ready = [k for k in new if not ready.get(k, False)]
+    if not not_ready:
+        gone = tuple(sorted(k for k in old if k not in new))
+        return Step(new, gone, move.new, "Placed", "Moved",
+                    f"{_names(new)} ready; routes switched" + (f", {_names(gone)} removed" if gone else ""),
+                    finished=True)
+    waited = now_s - move.started_s
+    if waited > move.timeout_s:
+        created = tuple(sorted(k for k in new if k not in old))
+        return Step(old, created, move.old, "Placed", "MoveTimedOut",
+                    f"{_names(not_ready)} not ready after {waited:.0f} s (timeout {move.timeout_s:g} s); "
+                    f"kept {_names(old)}" + (f", removed {_names(created)}" if created else ""),
+                    finished=True)
+    both = {k: max(old.get(k, 0), new.get(k, 0)) for k in old.keys() | new.keys()}
+    return Step(both, (), move.old, "Migrating", "Moving",
+                f"waiting for {_names(not_ready)} to be ready ({waited:.0f} s of {move.timeout_s:g} s); "
+                f"routes stay on {_names(old)}", finished=False)
