@@ -1,0 +1,69 @@
+"""A workload's status from a decision and what is observed: phase, metav1-shaped conditions
+(Valid, Placed, SLOMet, TelemetryFresh, Ready), placements, cost, the decision and the closest
+rejections. Pure: the time is passed in, and a condition keeps its lastTransitionTime while its
+status does not change (so `kubectl wait` and alerts see real transitions only)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from hetplace.api.status import (
+    MAX_REJECTED,
+    Condition,
+    Decision as DecisionStatus,
+    InferenceWorkloadStatus,
+    Phase,
+    PlacementStatus,
+    Rejection,
+    RouteStatus,
+)
+from hetplace.engine.decision import Decision
+from hetplace.render.names import group_name
+
+CONDITION_TYPES = ("Valid", "Placed", "SLOMet", "TelemetryFresh", "Ready")
+
+
+@dataclass(frozen=True)
+class Observed:
+    """One condition as the caller sees it now."""
+
+    status: bool | None          # None: Unknown
+    reason: str
+    message: str = ""
+
+
+def workload_status(name: str, generation: int, decision: Decision | None, phase: Phase, now: datetime,
+                    observed: dict[str, Observed], previous: InferenceWorkloadStatus | None = None,
+                    decided_at: datetime | None = None) -> InferenceWorkloadStatus:
+    """`decision` is what runs (None when nothing does); `observed` gives each condition type."""
+    unknown = set(observed) - set(CONDITION_TYPES)
+    if unknown:
+        raise ValueError(f"unknown condition types {sorted(unknown)}; known: {', '.join(CONDITION_TYPES)}")
+    before = {c.type: c for c in (previous.conditions if previous else [])}
+    conditions = []
+    for kind in CONDITION_TYPES:
+        seen = observed.get(kind, Observed(None, "NotObserved", "not observed yet"))
+        status = "Unknown" if seen.status is None else ("True" if seen.status else "False")
+        earlier = before.get(kind)
+        since = earlier.last_transition_time if earlier is not None and earlier.status == status else now
+        conditions.append(Condition(type=kind, status=status, reason=seen.reason, message=seen.message[:32768],
+                                    last_transition_time=since, observed_generation=generation))
+    running = decision if decision is not None and decision.feasible else None
+    placements = [
+        PlacementStatus(pool=g.pool, variant=g.variant, replicas=g.replicas, cost_per_hour=round(g.cost_per_hour, 6),
+                        deployment=group_name(name, g.pool, g.variant), service=group_name(name, g.pool, g.variant),
+                        routes=[RouteStatus(site=r.site, encoding=r.encoding, requests_per_second=r.requests_per_second,
+                                            predicted_latency_ms=round(r.predicted_latency_ms, 3))
+                                for r in g.routes])
+        for g in (running.groups if running else ())
+    ]
+    return InferenceWorkloadStatus(
+        observed_generation=generation, phase=phase, conditions=conditions, placements=placements,
+        summary=", ".join(f"{p.pool}/{p.variant} x{p.replicas}" for p in placements)[:1024],
+        cost_per_hour=round(running.cost_per_hour, 6) if running else None,
+        decision=DecisionStatus(at=decided_at or now, reason=decision.reason[:4096],
+                                fingerprint=decision.fingerprint()) if decision is not None else None,
+        rejected=[Rejection(pool=r.pool, variant=r.variant, reason=f"{r.filter}: {r.reason}")
+                  for r in (decision.rejected if decision is not None else ())][:MAX_REJECTED],
+    )
