@@ -28,7 +28,9 @@ import random
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
-from reference_model import erlang_c  # the two references share the textbook formula
+# the two references share the textbook formulas that do not depend on the fleet
+from reference_model import erlang_c, replica_cost_per_hour
+from reference_model import link as link_of
 
 from hetplace.engine.snapshot import (
     Encoding,
@@ -41,9 +43,6 @@ from hetplace.engine.snapshot import (
     Workload,
 )
 
-# A pool's own site reaches it over the local network unless an explicit link says otherwise.
-LOCAL_BANDWIDTH_BYTES_PER_S = 1_250_000.0 * 1000.0
-LOCAL_RTT_S = 0.5 / 1000.0
 
 ACCURACY_SLACK = 1e-12
 LINK_UTILIZATION_SLACK = 1e-12
@@ -95,16 +94,6 @@ def minimal_replicas(w: Workload, variant: Variant, arrivals_per_s: float, worst
 
 # --- links, resources, cost -------------------------------------------------------------------
 
-def link_of(pool: Pool, site: str) -> tuple[float, float] | None:
-    """(bandwidth bytes/s, RTT s) from `site` to `pool`; an explicit link beats the local one."""
-    if site in pool.links:
-        state = pool.links[site]
-        return state.bandwidth_kbps * 1000.0, state.rtt_ms / 1000.0
-    if site == pool.site:
-        return LOCAL_BANDWIDTH_BYTES_PER_S, LOCAL_RTT_S
-    return None
-
-
 def _vector(r: Resources) -> tuple[float, float, float]:
     return r.cpu_cores, r.memory_bytes, float(r.accelerators)
 
@@ -117,16 +106,6 @@ def replicas_per_node(pool: Pool, variant: Variant) -> float:
         if asked > 0
     ]
     return min(counts, default=math.inf)
-
-
-def replica_cost_per_hour(pool: Pool, variant: Variant) -> float:
-    """Node price times the replica's dominant share of a node (requested resources only)."""
-    shares = [
-        asked / offered if offered > 0 else math.inf
-        for asked, offered in zip(_vector(variant.resources), _vector(pool.node))
-        if asked > 0
-    ]
-    return pool.node_cost_per_hour * max(shares, default=0.0)
 
 
 def route_filter_reason(w: Workload, pool: Pool, variant: Variant, encoding: Encoding, site: str) -> str | None:
