@@ -277,8 +277,10 @@ def solve_fleet(workloads: Sequence[Workload], snapshot: Snapshot, *, time_limit
     # placed at its least cost, so it adds nothing to this bound
     solo_bound = sum(d.cost_per_hour for w, d in zip(workloads, solo) if d.feasible and w.objective == "MinCost")
 
+    solo_by_key = {w.key: d for w, d in zip(workloads, solo)}
+
     def unplaced(w: Workload) -> str:
-        d = solo[workloads.index(w)]
+        d = solo_by_key[w.key]
         return d.reason if not d.feasible else "no room beside the rest of the fleet (capacity or link bandwidth)"
 
     def plan(chosen, method, bound, proven=None) -> FleetPlan:
@@ -343,7 +345,7 @@ def solve_fleet(workloads: Sequence[Workload], snapshot: Snapshot, *, time_limit
     # relative gap HiGHS stops at is scaled to speak of the fleet's dollars.
     c = model.objective(penalised=True)
     penalised = max(float(c @ model.vector(greedy)), 1e-9)
-    dollars = max(model.value(greedy, False), 1e-9)
+    dollars = max(float(model.dollars @ model.vector(greedy)), 1e-9)
     chosen, method, proven = model.solve(c, greedy, left(), max(1e-9, mip_rel_gap * dollars / penalised), left,
                                          repair=lambda found: _repaired(found, offered, solo_pieces, greedy,
                                                                         snapshot))
@@ -444,9 +446,6 @@ class _Model:
         c[self.unplaced_columns] = UNPLACED_PENALTY_PER_HOUR if penalised else 0.0
         return c
 
-    def value(self, chosen: Sequence[Sequence[Piece]], penalised: bool) -> float:
-        total = sum(p.cost_per_hour + TIE_BREAK_PER_RANK * p.rank for ps in chosen for p in ps)
-        return total + (UNPLACED_PENALTY_PER_HOUR * sum(1 for ps in chosen if not ps) if penalised else 0.0)
 
     def _rows(self, c: np.ndarray, left_out: int | None, cutoff: float | None) -> list[LinearConstraint]:
         rows = list(self.rows)

@@ -8,8 +8,8 @@ A running workload moves (DESIGN §3 "Hysteresis") when
     is broken; or
   - the new placement saves at least `minImprovementPercent` of its cost AND its last move is
     older than `cooldownSeconds`.
-At most `max_moves` moves per cycle, repairs first (most traffic unserved first), then the
-largest savings. Workloads not yet placed are placed; that is not a move.
+At most `max_moves` migrations (moves to another pool or variant; resizing in place is not one)
+per cycle, repairs first (most traffic first), then the largest savings. Workloads not yet placed are placed; that is not a move.
 
 Each move is re-checked against what stays: its new placement must fit beside every workload
 that holds (capacity, link bandwidth), and no workload that meets its SLO may miss it because
@@ -32,7 +32,7 @@ from hetplace.engine.measure import measure_fleet
 from hetplace.engine.optimise import solve
 from hetplace.engine.snapshot import Resources, Snapshot, Workload
 from hetplace.engine.cost import replicas_that_fit
-from hetplace.engine.usage import Ledger, route_bytes_per_s, route_tolerance_bytes_per_s
+from hetplace.engine.usage import Charge, Ledger, taken_by, tolerances_of
 
 MoveReason = Literal["place", "repair", "saving"]
 _CONSTRAINT_FILTERS = (pool_is_up, hardware_matches, region_allowed, pool_allowed, namespace_allowed)
@@ -57,11 +57,15 @@ class Move:
 
     @property
     def kind(self) -> str:
-        """"resize" when every site stays on its pool and variant (replicas or encodings change in
-        place, no new Deployment), "move" when one changes, "place" for a first placement."""
-        if self.before is None:
-            return "place"
-        return "resize" if assignment_of(self.before) == assignment_of(self.after) else "move"
+        return change_kind(self.before, self.after)
+
+
+def change_kind(before: Decision | None, after: Decision) -> str:
+    """"resize" when every site stays on its pool and variant (replicas or encodings change in
+    place, no new Deployment), "move" when one changes, "place" for a first placement."""
+    if before is None:
+        return "place"
+    return "resize" if assignment_of(before) == assignment_of(after) else "move"
 
 
 @dataclass(frozen=True)
@@ -109,9 +113,9 @@ def plan_moves(workloads: Sequence[Workload], snapshot: Snapshot, running: Mappi
                 held.append(Hold(w.key, f"no placement meets the spec: {after.reason}"))
             continue
         if w.key in problems:
-            unserved = sum(t.requests_per_second for t in w.traffic)
+            traffic = sum(t.requests_per_second for t in w.traffic)
             if after.feasible:
-                candidates.append(((0, -unserved, w.key), w, "repair", problems[w.key]))
+                candidates.append(((0, -traffic, w.key), w, "repair", problems[w.key]))
             else:
                 held.append(Hold(w.key, f"{problems[w.key]}; no feasible placement to repair it: {after.reason}"))
             continue
@@ -135,16 +139,16 @@ def plan_moves(workloads: Sequence[Workload], snapshot: Snapshot, running: Mappi
     for key, d in state.items():      # a placement already missing its SLO cannot veto its repair
         ledger.add(by_key[key], d, protect=key not in problems)
     moves: list[Move] = []
-    charges: dict[str, object] = {}
+    charges: dict[str, Charge | None] = {}
 
-    def try_move(w: Workload, reason: MoveReason, why: str) -> str | None:
-        """Apply w's move if it still fits beside everything else and harms no one; else say why not."""
+    def try_move(w: Workload, reason: MoveReason, why: str, scale_first: bool = False) -> str | None:
+        """Apply w's move if it still fits beside everything else and harms no one; else say why not.
+        With `scale_first`, the same pools and variants re-sized for now are tried before the target."""
         before = state.get(w.key)
         charge = ledger.remove(w)
         charged = ledger.charged(snapshot)
         after = None
-        if reason == "repair" and before is not None and not why.startswith("makes room"):
-            # scale in place first: the same pools and variants with replicas and encodings for now
+        if scale_first and before is not None:
             resized = evaluate(w, charged, assignment_of(before))
             after = resized if resized.feasible else None
         after = after or _fit_beside(w, wanted[w.key], charged)
@@ -180,10 +184,12 @@ def plan_moves(workloads: Sequence[Workload], snapshot: Snapshot, running: Mappi
         if any(not wanted[k].feasible for k in changing) or len(changing) > budget_left():
             return False
         touched = _pools_and_links([wanted[k] for k in changing] + [state[k] for k in changing if k in state])
-        around = [o for o in workloads if o.key in state and _uses(state[o.key], touched)]
-        before = {(m.workload, m.site) for m in measure_fleet([(o, state[o.key]) for o in around], snapshot.pools,
-                                                              _background(snapshot, ledger, around))
-                  if m.within_slo}
+
+        def within_slo_around() -> set[tuple[str, str]]:
+            around = [o for o in workloads if o.key in state and _uses(state[o.key], touched)]
+            return _within_slo(around, state, snapshot, _background(snapshot, ledger, around))
+
+        before = within_slo_around()
         applied = []
         for key in changing:
             other = by_key[key]
@@ -195,10 +201,7 @@ def plan_moves(workloads: Sequence[Workload], snapshot: Snapshot, running: Mappi
             applied.append(Move(key, "repair", previous, wanted[key], saving,
                                 why if key == w.key else f"moves with {w.key} to repair it"))
         moves.extend(applied)
-        around = [o for o in workloads if o.key in state and _uses(state[o.key], touched)]
-        after = {(m.workload, m.site) for m in measure_fleet([(o, state[o.key]) for o in around], snapshot.pools,
-                                                             _background(snapshot, ledger, around))
-                 if m.within_slo}
+        after = within_slo_around()
         over = any(_over_capacity(p, ledger.pool_used.get(p.name), snapshot) for p in snapshot.pools)
         repaired = all((w.key, t.site) in after for t in w.traffic)
         if before - after or over or not repaired:
@@ -208,13 +211,13 @@ def plan_moves(workloads: Sequence[Workload], snapshot: Snapshot, running: Mappi
         return True
 
     def budget_left() -> int:
-        return max_moves - sum(m.reason != "place" for m in moves)
+        return max_moves - sum(m.kind == "move" for m in moves)
 
     for _, w, reason, why in sorted(candidates, key=lambda c: c[0]):
         if reason != "place" and budget_left() <= 0:
             held.append(Hold(w.key, f"{why}, but this cycle already has max {max_moves} moves"))
             continue
-        verdict = try_move(w, reason, why)
+        verdict = try_move(w, reason, why, scale_first=reason == "repair")
         if verdict is not None and reason == "repair":
             # The target may have made room for this repair by moving workloads that hysteresis
             # holds (a saving too small to be worth a move on its own): a repair is worth it.
@@ -224,7 +227,7 @@ def plan_moves(workloads: Sequence[Workload], snapshot: Snapshot, running: Mappi
                     break
                 if try_move(by_key[blocker], "repair", f"makes room to repair {w.key}") is None:
                     room.append(moves[-1])
-            verdict = try_move(w, reason, why) if room else verdict
+            verdict = try_move(w, reason, why, scale_first=True) if room else verdict
             if verdict is not None:
                 for move in reversed(room):
                     undo(move)
@@ -318,20 +321,11 @@ def _over_capacity(pool, used: Resources | None, snapshot: Snapshot) -> bool:
 def _in_the_way(w: Workload, wanted: Mapping[str, Decision], state: Mapping[str, Decision], moves: Sequence[Move],
                 by_key: Mapping[str, Workload]) -> list[str]:
     """Running workloads the target moves away from the pools or links that w's target uses."""
-    target = wanted[w.key]
-    pools = {g.pool for g in target.groups}
-    links = {(r.site, g.pool) for g in target.groups for r in g.routes}
+    touched = _pools_and_links([wanted[w.key]])
     moved = {m.workload for m in moves}
-    found = []
-    for key, current in state.items():
-        if key == w.key or key in moved or not wanted[key].feasible or \
-                wanted[key].fingerprint() == current.fingerprint():
-            continue
-        uses = {g.pool for g in current.groups} & pools or \
-            {(r.site, g.pool) for g in current.groups for r in g.routes} & links
-        if uses and key in by_key:
-            found.append(key)
-    return sorted(found)
+    return sorted(key for key, current in state.items()
+                  if key != w.key and key not in moved and key in by_key and wanted[key].feasible
+                  and wanted[key].fingerprint() != current.fingerprint() and _uses(current, touched))
 
 
 def _fit_beside(w: Workload, target: Decision, charged: Snapshot) -> Decision:
@@ -350,25 +344,18 @@ def _fits_as_is(w: Workload, d: Decision, snap: Snapshot) -> bool:
     """Capacity for every group, and every route within its own tolerance and the link's limit."""
     pools = {p.name: p for p in snap.pools}
     variants = {v.name: v for v in w.variants}
-    encodings = {e.name: e for e in w.encodings}
-    rates = {t.site: t.requests_per_second for t in w.traffic}
+    encodings = {e.name for e in w.encodings}
     for g in d.groups:
         pool, variant = pools.get(g.pool), variants.get(g.variant)
-        if pool is None or variant is None or pool.down:
+        if pool is None or variant is None or pool.down or \
+                any(r.encoding not in encodings or pool.link_from(r.site) is None for r in g.routes):
             return False
         if g.replicas > replicas_that_fit(pool, variant.resources, snap.pool_used.get(pool.name, Resources())):
             return False
-        for r in g.routes:
-            link, encoding = pool.link_from(r.site), encodings.get(r.encoding)
-            if link is None or encoding is None:
-                return False
-            key = (r.site, pool.name)
-            load = snap.link_load_bytes_per_s.get(key, 0.0) + route_bytes_per_s(w, encoding, rates.get(r.site, 0.0))
-            own = route_tolerance_bytes_per_s(link, encoding.request_bytes + w.response_bytes, r.compute_ms / 1000.0,
-                                              w.slo_latency_ms / 1000.0, w.max_link_utilization)
-            if load > min(own, snap.link_limit_bytes_per_s.get(key, math.inf)):
-                return False
-    return True
+    tolerance = tolerances_of(w, d, pools)
+    return all(snap.link_load_bytes_per_s.get(link, 0.0) + load
+               <= min(tolerance[link], snap.link_limit_bytes_per_s.get(link, math.inf))
+               for link, load in taken_by(w, d)[1].items())
 
 
 def _acceptable(w: Workload, reason: MoveReason, before: Decision | None, after: Decision) -> str | None:
@@ -386,26 +373,21 @@ def _acceptable(w: Workload, reason: MoveReason, before: Decision | None, after:
 
 def _harms_no_one(w: Workload, after: Decision, workloads: Sequence[Workload], state: Mapping[str, Decision],
                   snapshot: Snapshot, ledger: Ledger) -> bool:
-    """No other workload sharing a link with `after` goes from meeting its SLO to missing it."""
-    links = {(r.site, g.pool) for g in after.groups for r in g.routes}
-    sharing = [o for o in workloads if o.key != w.key and o.key in state
-               and any((r.site, g.pool) in links for g in state[o.key].groups for r in g.routes)]
+    """No other workload sharing a link with `after` goes from meeting its SLO to missing it
+    (`w` is out of the ledger while this is asked)."""
+    links = _pools_and_links([after])[1]
+    sharing = [o for o in workloads if o.key != w.key and o.key in state and _uses(state[o.key], (set(), links))]
     if not sharing:
         return True
-    background: dict[tuple[str, str], float] = defaultdict(float, snapshot.link_load_bytes_per_s)
-    for key, rate in ledger.link_load.items():
+    background = _background(snapshot, ledger, sharing)
+    without = _within_slo(sharing, state, snapshot, background)
+    for key, rate in taken_by(w, after)[1].items():
         background[key] += rate
-    own = Ledger(snapshot.pools, [(w, after)]).link_load
-    for o in sharing:      # the sharers are in the ledger already; measure them alone over that load
-        for key, rate in Ledger(snapshot.pools, [(o, state[o.key])]).link_load.items():
-            background[key] -= rate
+    return without <= _within_slo(sharing, state, snapshot, background)
 
-    def missing(with_after: bool) -> set[tuple[str, str]]:
-        load = dict(background)
-        if with_after:
-            for key, rate in own.items():
-                load[key] = load.get(key, 0.0) + rate
-        placed = [(o, state[o.key]) for o in sharing]
-        return {(m.workload, m.site) for m in measure_fleet(placed, snapshot.pools, load) if not m.within_slo}
 
-    return missing(True) <= missing(False)
+def _within_slo(measured: Sequence[Workload], state: Mapping[str, Decision], snapshot: Snapshot,
+                background: Mapping[tuple[str, str], float]) -> set[tuple[str, str]]:
+    """(workload, site) of the measured workloads' routes that meet their SLO over `background`."""
+    return {(m.workload, m.site) for m in measure_fleet([(o, state[o.key]) for o in measured], snapshot.pools,
+                                                        background) if m.within_slo}

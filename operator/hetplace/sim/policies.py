@@ -16,11 +16,10 @@ from dataclasses import dataclass, field
 from typing import Mapping, Protocol
 
 from hetplace.engine.decision import Decision
-from hetplace.engine.evaluate import assignment_of
 from hetplace.engine.fleet import place_fleet
 from hetplace.engine.measure import measure_fleet
 from hetplace.engine.observed import planning_view
-from hetplace.engine.rebalance import MoveReason, Running, plan_moves
+from hetplace.engine.rebalance import MoveReason, Running, change_kind, plan_moves
 from hetplace.engine.snapshot import Hardware, Snapshot
 from hetplace.sim import POLICIES
 from hetplace.sim.trace import Conditions
@@ -137,10 +136,8 @@ class Oracle:
                 reason, why = "repair", missing.get(w.key, "the placement no longer meets the spec")
             else:
                 reason, why = "saving", f"saves ${before.cost_per_hour - after.cost_per_hour:.4f}/h"
-            kind = "place" if before is None else \
-                "resize" if assignment_of(before) == assignment_of(after) else "move"
             moves.append(PolicyMove(w.key, reason, now.t_s, placement_label(before), placement_label(after), why,
-                                    kind))
+                                    change_kind(before, after)))
         self._decisions = decisions
         unplaced = {key: d.reason for key, d in plan.by_key.items() if not d.feasible and key not in decisions}
         return InEffect(decisions, tuple(moves), unplaced)
