@@ -80,15 +80,13 @@ def explain(workload_file: Path, pools_path: Path | None, telemetry_path: Path |
     Exit status: 0 placed, 3 infeasible (the closest option is named), 2 invalid input.
     """
     from hetplace import explain as ex
-    from hetplace.engine.from_api import workload_from_spec
 
     if compare and telemetry_path is None:
         raise click.UsageError("--compare needs --telemetry (the conditions to compare with)")
-    objects, declared_pools = ex.read_inputs(workload_file, pools_path)
-    declared = [workload_from_spec(o.metadata.namespace or "default", o.metadata.name, o.spec) for o in objects]
-    pools, workloads = ex.observe(declared_pools, declared, telemetry_path)
-    cases = ex.decide(workloads, pools)
-    before = ex.decide(declared, declared_pools) if compare else None
+    read = ex.inputs(workload_file, pools_path, telemetry_path)
+    pools = read.pools
+    cases = ex.decide(read.workloads, pools)
+    before = ex.decide(read.declared, read.declared_pools) if compare else None
 
     if output == "table":
         console = Console(width=None if sys.stdout.isatty() else 160)
@@ -184,16 +182,12 @@ def render(workload_file: Path, pools_path: Path | None, telemetry_path: Path | 
     Exit status: 0 rendered, 3 a workload is infeasible (nothing rendered for it), 2 invalid input.
     """
     from hetplace import explain as ex
-    from hetplace.api.load import load_manifests
-    from hetplace.engine.from_api import workload_from_spec
     from hetplace.render import render_decision
 
-    objects, declared_pools = ex.read_inputs(workload_file, pools_path)
-    pool_objects = {p.metadata.name: p for p in load_manifests([pools_path or workload_file]).pools}
-    declared = [workload_from_spec(o.metadata.namespace or "default", o.metadata.name, o.spec) for o in objects]
-    pools, workloads = ex.observe(declared_pools, declared, telemetry_path)
+    read = ex.inputs(workload_file, pools_path, telemetry_path)
+    pool_objects = {p.metadata.name: p for p in read.pool_objects}
     rendered, infeasible = [], []
-    for obj, case in zip(objects, ex.decide(workloads, pools)):
+    for obj, case in zip(read.workload_objects, ex.decide(read.workloads, read.pools)):
         if not case.decision.feasible:
             infeasible.append(case.decision)
             continue

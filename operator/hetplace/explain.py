@@ -12,10 +12,10 @@ from rich.text import Text
 
 from hetplace.api.errors import InvalidObject, Problem
 from hetplace.api.load import load_manifests, load_telemetry
-from hetplace.api.models import InferenceWorkload
+from hetplace.api.models import ComputePool, InferenceWorkload
 from hetplace.engine import Decision, Snapshot, assignment_of, describe_moves, evaluate
 from hetplace.engine.evaluate import encodings_of, why_sites_cannot_stay
-from hetplace.engine.from_api import observations_from, pool_from_spec
+from hetplace.engine.from_api import observations_from, pool_from_spec, workload_from_spec
 from hetplace.engine.observed import with_links, with_traffic
 from hetplace.engine.snapshot import Pool, Workload
 from hetplace.engine.fleet import place_in_order
@@ -29,7 +29,7 @@ class Case:
     decision: Decision
 
 
-def read_inputs(workload_file: Path, pools_path: Path | None) -> tuple[list[InferenceWorkload], tuple[Pool, ...]]:
+def read_inputs(workload_file: Path, pools_path: Path | None) -> tuple[list[InferenceWorkload], list[ComputePool]]:
     """Workloads from `workload_file`; pools from `pools_path` (or from the workload file)."""
     own = load_manifests([workload_file])
     if not own.workloads:
@@ -39,8 +39,27 @@ def read_inputs(workload_file: Path, pools_path: Path | None) -> tuple[list[Infe
         where = str(pools_path or workload_file)
         raise InvalidObject([Problem(None, None, "holds no ComputePool (give pools with --pools FILE_OR_DIR)")],
                             source=where)
-    pools = tuple(pool_from_spec(p.metadata.name, p.spec) for p in pool_objects)
-    return own.workloads, pools
+    return own.workloads, pool_objects
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """What the deciding commands read: the manifests, and the engine's view of them as observed."""
+
+    workload_objects: list[InferenceWorkload]
+    pool_objects: list[ComputePool]
+    declared: list[Workload]
+    pools: tuple[Pool, ...]          # observed: telemetry laid over the declared links
+    workloads: list[Workload]        # observed traffic
+    declared_pools: tuple[Pool, ...]
+
+
+def inputs(workload_file: Path, pools_path: Path | None, telemetry_path: Path | None) -> Inputs:
+    objects, pool_objects = read_inputs(workload_file, pools_path)
+    declared = [workload_from_spec(o.metadata.namespace or "default", o.metadata.name, o.spec) for o in objects]
+    declared_pools = tuple(pool_from_spec(p.metadata.name, p.spec) for p in pool_objects)
+    pools, workloads = observe(declared_pools, declared, telemetry_path)
+    return Inputs(objects, pool_objects, declared, pools, workloads, declared_pools)
 
 
 def observe(pools: tuple[Pool, ...], workloads: list[Workload], telemetry_path: Path | None):
