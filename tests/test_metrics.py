@@ -20,7 +20,7 @@ def filled() -> OperatorMetrics:
     decision = solve(workload_from_spec(w.metadata.namespace, w.metadata.name, w.spec),
                      Snapshot(tuple(pool_from_spec(p.metadata.name, p.spec) for p in manifests.pools)))
     metrics = OperatorMetrics()
-    metrics.record_decision(w.metadata.namespace, w.metadata.name, decision)
+    metrics.record_outcome(w.metadata.namespace, w.metadata.name, "placed", decision)
     with metrics.decision_duration.time():
         pass
     metrics.moves.labels("repair", "move").inc()

@@ -219,6 +219,38 @@ def solver_output_to_stderr():
         os.close(saved)
 
 
+@main.command("run")
+@click.option("--priority", type=int, default=None,
+              help="kopf peering priority; the highest live instance works, the others wait (default: random).")
+@click.option("--standalone", is_flag=True, help="No peering: this instance works alone.")
+@click.option("-n", "--namespace", "namespaces", multiple=True,
+              help="Watch only these namespaces (overrides HETPLACE_WATCH_NAMESPACES).")
+@click.option("--liveness", "liveness_endpoint", default=None,
+              help="kopf's health endpoint, e.g. http://0.0.0.0:8081/healthz.")
+@click.option("-v", "--verbose", is_flag=True, help="Log at debug level.")
+@user_errors
+def run_operator(priority: int | None, standalone: bool, namespaces: tuple[str, ...], liveness_endpoint: str | None,
+                 verbose: bool) -> None:
+    """The operator: watch ComputePools and InferenceWorkloads, place, deploy Triton, move (DESIGN §4).
+
+    Settings come from HETPLACE_* variables (see config.py and the chart's values); the cluster from
+    the pod's service account, or KUBECONFIG."""
+    import logging
+
+    import pydantic
+
+    from hetplace.config import Settings
+    from hetplace.controller import main as operator_main
+
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        settings = Settings(**({"watch_namespaces": list(namespaces)} if namespaces else {}))
+    except pydantic.ValidationError as refused:
+        raise click.ClickException(f"bad HETPLACE_* setting: {refused}") from None
+    operator_main.run(settings, priority=priority, standalone=standalone, liveness_endpoint=liveness_endpoint)
+
+
 @main.command("crds")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Write one file per CRD into DIR instead of printing them all.")

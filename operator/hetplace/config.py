@@ -43,12 +43,20 @@ class Settings(BaseSettings):
     solver_time_limit_seconds: float = Field(default=10, gt=0, le=600)
     move_timeout_seconds: float = Field(default=600, ge=10, le=86400)
     """A move whose new group is not ready by then goes back to the old placement."""
+    move_poll_seconds: float = Field(default=5, ge=0.05, le=600)
+    """How often moves under way are checked for readiness (a Deployment change checks at once)."""
+    triton_endpoint: str = Field(default="{service}.{namespace}.svc:8000", min_length=1)
+    """Where tritonclient reaches a group's Triton HTTP port; {service} and {namespace} are filled in."""
+    probe_models: bool = True
+    """Check through tritonclient that the model is ready before routes switch to a new group."""
     watch_namespaces: list[str] = Field(default_factory=list)
     """Empty: every namespace (cluster-wide)."""
     peering_name: str = Field(default="hetplace", pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=63)
     dry_run: bool = False
     """Decide and report in status and Events, but create, change and delete nothing."""
     metrics_port: int = Field(default=8080, ge=1, le=65535)
+    metrics_address: str = Field(default="0.0.0.0", min_length=1)
+    """Where /metrics listens (all interfaces in a pod; 127.0.0.1 in tests)."""
     triton_image: str = Field(default="nvcr.io/nvidia/tritonserver:24.12-py3", min_length=1)
 
     @field_validator("queries")

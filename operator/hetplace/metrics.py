@@ -40,19 +40,26 @@ class OperatorMetrics:
                                    ["source"], registry=r)
         self.infeasible = Gauge("hetplace_infeasible_workloads", "Workloads with no placement that meets their spec.",
                                 registry=r)
+        self._routes: dict[tuple[str, str], set[tuple[str, ...]]] = {}
         for outcome in DECISION_OUTCOMES:      # present from the start, at 0, so rates work at once
             self.decisions.labels(outcome)
 
-    def record_decision(self, namespace: str, name: str, decision: Decision) -> None:
-        """Count a decision and publish its routes' predicted latency and its cost."""
-        self.decisions.labels("placed" if decision.feasible else "infeasible").inc()
-        if not decision.feasible:
-            return
-        self.cost.labels(namespace, name).set(decision.cost_per_hour)
-        for g in decision.groups:
-            for r in g.routes:
-                self.predicted_latency.labels(namespace, name, r.site, g.pool, g.variant).set(
-                    r.predicted_latency_ms / 1000.0)
+    def record_outcome(self, namespace: str, name: str, outcome: str, serving: Decision | None) -> None:
+        """Count a decision by outcome and publish what serves: its routes' predicted latency and its
+        cost (the series of routes that no longer serve are removed)."""
+        self.decisions.labels(outcome).inc()
+        published = self._routes.pop((namespace, name), set())
+        now = set()
+        if serving is not None and serving.feasible:
+            self.cost.labels(namespace, name).set(serving.cost_per_hour)
+            for g in serving.groups:
+                for r in g.routes:
+                    labels = (namespace, name, r.site, g.pool, g.variant)
+                    self.predicted_latency.labels(*labels).set(r.predicted_latency_ms / 1000.0)
+                    now.add(labels)
+            self._routes[(namespace, name)] = now
+        for labels in published - now:
+            self.predicted_latency.remove(*labels)
 
     def exposition(self) -> bytes:
         """The text format Prometheus scrapes."""

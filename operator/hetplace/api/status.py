@@ -99,6 +99,18 @@ class Rejection(StatusModel):
     """The filter that refused it and why."""
 
 
+class Migration(StatusModel):
+    """A make-before-break move under way: the placement being brought up while `placements` serve."""
+
+    target: list[PlacementStatus] = Field(default_factory=list, max_length=MAX_PLACEMENTS,
+                                          json_schema_extra=list_map("pool"))
+    """The groups being brought up; routes switch to them once every one is ready."""
+    started_at: datetime
+    """When the move started; it goes back to `placements` after the operator's move timeout."""
+    reason: str = Field(default="", max_length=4096)
+    """Why the workload moves."""
+
+
 def _conditions() -> Any:
     return Field(default_factory=list, max_length=MAX_CONDITIONS, json_schema_extra=list_map("type"))
 
@@ -121,6 +133,8 @@ class InferenceWorkloadStatus(StatusModel):
     cost_per_hour: float | None = Field(default=None, ge=0)
     """Total cost of all placements per hour."""
     decision: Decision | None = None
+    migration: Migration | None = None
+    """Set while the workload moves (phase Migrating)."""
     rejected: list[Rejection] = Field(default_factory=list, max_length=MAX_REJECTED)
     """The closest alternatives turned down, with reasons."""
 

@@ -13,6 +13,7 @@ from hetplace.api.status import (
     Condition,
     Decision as DecisionStatus,
     InferenceWorkloadStatus,
+    Migration,
     Phase,
     PlacementStatus,
     Rejection,
@@ -35,8 +36,10 @@ class Observed:
 
 def workload_status(name: str, generation: int, decision: Decision | None, phase: Phase, now: datetime,
                     observed: dict[str, Observed], previous: InferenceWorkloadStatus | None = None,
-                    decided_at: datetime | None = None) -> InferenceWorkloadStatus:
-    """`decision` is what runs (None when nothing does); `observed` gives each condition type."""
+                    decided_at: datetime | None = None, moving_to: Decision | None = None,
+                    move_started: datetime | None = None) -> InferenceWorkloadStatus:
+    """`decision` is what runs (None when nothing does); `observed` gives each condition type;
+    `moving_to` the placement being brought up since `move_started`, while a move is under way."""
     unknown = set(observed) - set(CONDITION_TYPES)
     if unknown:
         raise ValueError(f"unknown condition types {sorted(unknown)}; known: {', '.join(CONDITION_TYPES)}")
@@ -50,20 +53,27 @@ def workload_status(name: str, generation: int, decision: Decision | None, phase
         conditions.append(Condition(type=kind, status=status, reason=seen.reason, message=seen.message[:32768],
                                     last_transition_time=since, observed_generation=generation))
     running = decision if decision is not None and decision.feasible else None
-    placements = [
-        PlacementStatus(pool=g.pool, variant=g.variant, replicas=g.replicas, cost_per_hour=round(g.cost_per_hour, 6),
-                        deployment=group_name(name, g.pool, g.variant), service=group_name(name, g.pool, g.variant),
-                        routes=[RouteStatus(site=r.site, encoding=r.encoding, requests_per_second=r.requests_per_second,
-                                            predicted_latency_ms=round(r.predicted_latency_ms, 3))
-                                for r in g.routes])
-        for g in (running.groups if running else ())
-    ]
+    placements = placements_of(name, running)
     return InferenceWorkloadStatus(
         observed_generation=generation, phase=phase, conditions=conditions, placements=placements,
         summary=", ".join(f"{p.pool}/{p.variant} x{p.replicas}" for p in placements)[:1024],
         cost_per_hour=round(running.cost_per_hour, 6) if running else None,
         decision=DecisionStatus(at=decided_at or now, reason=decision.reason[:4096],
                                 fingerprint=decision.fingerprint()) if decision is not None else None,
+        migration=Migration(target=placements_of(name, moving_to), started_at=move_started or now,
+                            reason=moving_to.reason[:4096]) if moving_to is not None else None,
         rejected=[Rejection(pool=r.pool, variant=r.variant, reason=f"{r.filter}: {r.reason}")
                   for r in (decision.rejected if decision is not None else ())][:MAX_REJECTED],
     )
+
+
+def placements_of(name: str, decision: Decision | None) -> list[PlacementStatus]:
+    """The groups of a decision as status reports them, with their Deployment and Service names."""
+    return [
+        PlacementStatus(pool=g.pool, variant=g.variant, replicas=g.replicas, cost_per_hour=round(g.cost_per_hour, 6),
+                        deployment=group_name(name, g.pool, g.variant), service=group_name(name, g.pool, g.variant),
+                        routes=[RouteStatus(site=r.site, encoding=r.encoding, requests_per_second=r.requests_per_second,
+                                            predicted_latency_ms=round(r.predicted_latency_ms, 3))
+                                for r in g.routes])
+        for g in (decision.groups if decision is not None and decision.feasible else ())
+    ]

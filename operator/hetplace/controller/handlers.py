@@ -1,0 +1,92 @@
+"""The kopf handlers, thin: indexes over ComputePools, Nodes, InferenceWorkloads and the objects
+hetplace owns; one reconcile for create, resume and update; a Deployment's change progresses its
+workload's move; the rebalance loop starts with the operator and runs where kopf's peering lets
+handlers run. Everything they do is `Operator`'s (runtime.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import kopf
+
+from hetplace.api.errors import InvalidObject
+from hetplace.api.load import validate_manifest
+from hetplace.api.models import ComputePool
+from hetplace.controller.inventory import child_view, node_view, workload_view
+from hetplace.k8s.client import KubeError
+
+GROUP, VERSION = "hetplace.io", "v1alpha1"
+MANAGED = {"app.kubernetes.io/managed-by": "hetplace"}
+KOPF_PREFIX = "hetplace.io"
+log = logging.getLogger("hetplace")
+
+
+def make_registry() -> kopf.OperatorRegistry:
+    """A registry of hetplace's handlers (its own, so tests can run several operators in one process)."""
+    registry = kopf.OperatorRegistry()
+
+    @kopf.on.startup(registry=registry, id="start")
+    async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: Any) -> None:
+        # handler state and the last handled spec live in annotations: status is hetplace's own schema
+        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=KOPF_PREFIX)
+        settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+            prefix=KOPF_PREFIX, key="last-handled-configuration")
+        settings.posting.enabled = False        # hetplace records its own Events, one per decision
+        settings.watching.server_timeout = memo.watch_timeout_s
+        settings.watching.client_timeout = memo.watch_timeout_s + 10
+        settings.networking.error_backoffs = [0.5, 1, 2, 5]
+        operator = memo.operator
+        operator.indices = {name: kwargs[name] for name in
+                            ("pools", "nodes", "workloads", "deployments", "services", "configmaps")}
+        operator.event_loop = asyncio.get_running_loop()
+        memo.stop = asyncio.Event()
+        memo.loop_task = asyncio.create_task(operator.run_loop(memo.stop), name="hetplace rebalance loop")
+
+    @kopf.on.cleanup(registry=registry, id="stop")
+    async def stop(memo: kopf.Memo, **_: Any) -> None:
+        memo.stop.set()
+        memo.operator.wake_soon()
+        await asyncio.wait_for(memo.loop_task, timeout=30)
+
+    @kopf.index(GROUP, VERSION, "computepools", registry=registry, id="pools")
+    def pools(body: kopf.Body, name: str, memo: kopf.Memo, **_: Any) -> dict:
+        memo.operator.wake_soon()           # a pool came, went or changed: rebalance now
+        try:
+            return {name: validate_manifest(ComputePool, {k: v for k, v in body.items() if k != "status"})}
+        except InvalidObject as refused:
+            return {name: str(refused)}
+
+    @kopf.index("", "v1", "nodes", registry=registry, id="nodes")
+    def nodes(body: kopf.Body, name: str, **_: Any) -> dict:
+        return {name: node_view(body)}
+
+    @kopf.index(GROUP, VERSION, "inferenceworkloads", registry=registry, id="workloads")
+    def workloads(body: kopf.Body, **_: Any) -> dict:
+        view = workload_view(dict(body))
+        return {view.key: view}
+
+    def owned(body: kopf.Body, **_: Any) -> dict:
+        child = child_view(dict(body))
+        return {child.workload: child} if child is not None else {}
+
+    for plural, group in (("deployments", "apps"), ("services", ""), ("configmaps", "")):
+        kopf.index(group, "v1", plural, labels=MANAGED, registry=registry, id=plural)(owned)
+
+    @kopf.on.resume(GROUP, VERSION, "inferenceworkloads", registry=registry, id="reconcile")
+    @kopf.on.create(GROUP, VERSION, "inferenceworkloads", registry=registry, id="reconcile")
+    @kopf.on.update(GROUP, VERSION, "inferenceworkloads", registry=registry, id="reconcile")
+    async def reconcile(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+        try:
+            await memo.operator.reconcile(dict(body))
+        except KubeError as failed:
+            raise kopf.TemporaryError(str(failed), delay=2) from failed
+
+    @kopf.on.event("apps", "v1", "deployments", labels=MANAGED, registry=registry, id="deployment-changed")
+    async def deployment_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+        child = child_view(dict(body))
+        if child is not None:
+            await memo.operator.progress(child.workload)
+
+    return registry

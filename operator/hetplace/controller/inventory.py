@@ -1,0 +1,186 @@
+"""What the cluster holds, as the engine needs it: pools sized by their live Ready nodes, what each
+workload runs (read back from its status), and the objects hetplace owns. Pure: API bodies in,
+engine values out; the kopf indexes call these on every change."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Iterable, Mapping
+
+from hetplace.api.errors import InvalidObject
+from hetplace.api.load import validate_manifest
+from hetplace.api.models import ComputePool, InferenceWorkload, InferenceWorkloadStatus
+from hetplace.api.quantity import parse_cpu, parse_memory
+from hetplace.api.status import PlacementStatus
+from hetplace.engine.decision import Decision, GroupPlan, RoutePlan
+from hetplace.engine.from_api import pool_from_spec
+from hetplace.engine.snapshot import Pool, Resources
+
+APPLIED_HASH = "hetplace.io/applied-hash"
+WORKLOAD_LABEL = "hetplace.io/workload"
+
+
+@dataclass(frozen=True)
+class NodeView:
+    """A Node: its labels, whether it is Ready and schedulable, and what it can allocate."""
+
+    name: str
+    labels: Mapping[str, str]
+    ready: bool
+    allocatable: Mapping[str, str]
+
+
+def node_view(body: Mapping[str, Any]) -> NodeView:
+    conditions = body.get("status", {}).get("conditions") or []
+    ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+    schedulable = not body.get("spec", {}).get("unschedulable", False)
+    return NodeView(body["metadata"]["name"], dict(body["metadata"].get("labels") or {}), ready and schedulable,
+                    dict(body.get("status", {}).get("allocatable") or {}))
+
+
+def live_pool(pool: ComputePool, nodes: Iterable[NodeView]) -> Pool:
+    """The pool as the engine sees it: with the Ready nodes its nodeSelector matches, each node
+    counted at the smallest allocatable among them (a replica never spans nodes); with none
+    matching, the declared `nodes` shape; with matching nodes but none Ready, down."""
+    declared = pool_from_spec(pool.name, pool.spec)
+    selector = pool.spec.node_selector
+    matching = [n for n in nodes if all(n.labels.get(k) == v for k, v in selector.items())]
+    if not matching:
+        return declared
+    ready = [n for n in matching if n.ready]
+    if not ready:
+        return pool_from_spec(pool.name, pool.spec, down=True)
+    accelerator = pool.spec.accelerator.resource_name if pool.spec.accelerator else None
+    shape = Resources(
+        min(parse_cpu(n.allocatable.get("cpu", 0)) for n in ready),
+        min(parse_memory(n.allocatable.get("memory", 0)) for n in ready),
+        min(int(parse_cpu(n.allocatable.get(accelerator, 0))) for n in ready) if accelerator else 0,
+    )
+    return Pool(declared.name, declared.hardware, declared.region, declared.site, shape, len(ready),
+                declared.node_cost_per_hour, declared.links, declared.allowed_namespaces, declared.down)
+
+
+@dataclass(frozen=True)
+class WorkloadView:
+    """One InferenceWorkload as indexed: the validated object (None when its spec is refused),
+    what serves (from status.placements) and the move under way (from status.migration)."""
+
+    key: str
+    body: Mapping[str, Any]
+    valid: InferenceWorkload | None
+    problem: str
+    running: Decision | None
+    migration_target: Decision | None
+    migration_started: datetime | None
+    status: InferenceWorkloadStatus | None
+
+    @property
+    def generation(self) -> int:
+        return int(self.body.get("metadata", {}).get("generation") or 1)
+
+
+def workload_view(body: Mapping[str, Any]) -> WorkloadView:
+    meta = body.get("metadata", {})
+    key = f"{meta.get('namespace') or 'default'}/{meta.get('name')}"
+    status = _status(body.get("status"))
+    objective = "MinCost"
+    try:
+        valid = validate_manifest(InferenceWorkload, {k: v for k, v in body.items() if k != "status"})
+        problem = ""
+        objective = valid.spec.policy.objective
+    except InvalidObject as refused:
+        valid, problem = None, str(refused)
+    running = decision_from(key, status.placements, objective, status.decision.reason if status and status.decision
+                            else "") if status else None
+    migration = status.migration if status else None
+    target = decision_from(key, migration.target, objective, migration.reason) if migration else None
+    return WorkloadView(key, body, valid, problem, running, target, migration.started_at if migration else None, status)
+
+
+def _status(raw: Any) -> InferenceWorkloadStatus | None:
+    if not raw:
+        return None
+    try:
+        return InferenceWorkloadStatus.model_validate(raw)
+    except ValueError:          # a status from another version or hand-edited: start over from nothing
+        return None
+
+
+def decision_from(key: str, placements: Iterable[PlacementStatus], objective: str, reason: str) -> Decision | None:
+    """A decision read back from status: what the engine needs of a running placement (pools,
+    variants, replicas, routes and their encodings and rates)."""
+    groups = tuple(
+        GroupPlan(p.pool, p.variant, p.replicas, p.cost_per_hour,
+                  tuple(RoutePlan(r.site, r.encoding, r.requests_per_second, r.predicted_latency_ms, 0.0, 0.0, 0.0)
+                        for r in p.routes))
+        for p in placements)
+    if not groups:
+        return None
+    return Decision(key, True, objective, sum(g.cost_per_hour for g in groups), groups, (), reason, "status")
+
+
+@dataclass(frozen=True)
+class Child:
+    """An object hetplace owns: which workload, its kind and name, the hash it was applied with,
+    and (for a Deployment) whether it is available at its current spec."""
+
+    workload: str
+    api_version: str
+    kind: str
+    namespace: str
+    name: str
+    applied_hash: str
+    available: bool = False
+    group: str = ""
+
+
+def child_view(body: Mapping[str, Any]) -> Child | None:
+    meta = body.get("metadata", {})
+    labels = meta.get("labels") or {}
+    workload = labels.get(WORKLOAD_LABEL)
+    if not workload:
+        return None
+    available = False
+    if body.get("kind") == "Deployment":
+        status, spec = body.get("status") or {}, body.get("spec") or {}
+        wanted = spec.get("replicas", 1)
+        available = (status.get("observedGeneration", 0) >= meta.get("generation", 1)
+                     and status.get("availableReplicas", 0) >= wanted
+                     and status.get("updatedReplicas", 0) >= wanted)
+    owner = _owner_name(meta) or workload
+    return Child(f"{meta.get('namespace')}/{owner}", body.get("apiVersion", ""), body.get("kind", ""),
+                 meta.get("namespace", ""), meta.get("name", ""),
+                 (meta.get("annotations") or {}).get(APPLIED_HASH, ""), available,
+                 labels.get("hetplace.io/group", ""))
+
+
+def _owner_name(meta: Mapping[str, Any]) -> str | None:
+    # the label holds a cut name for long workload names; the owner reference holds the whole one
+    for ref in meta.get("ownerReferences") or []:
+        if ref.get("kind") == "InferenceWorkload":
+            return ref.get("name")
+    return None
+
+
+def with_applied_hash(obj: dict) -> dict:
+    """`obj` with an annotation hashing its content, so an unchanged object is not applied again."""
+    digest = hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:20]
+    meta = {**obj["metadata"], "annotations": {**obj["metadata"].get("annotations", {}), APPLIED_HASH: digest}}
+    return {**obj, "metadata": meta}
+
+
+@dataclass
+class Picture:
+    """The cluster as the operator last saw it (the kopf indexes' content), read by one decision."""
+
+    pools: Mapping[str, ComputePool] = field(default_factory=dict)
+    pool_problems: Mapping[str, str] = field(default_factory=dict)
+    nodes: tuple[NodeView, ...] = ()
+    workloads: Mapping[str, WorkloadView] = field(default_factory=dict)
+    children: Mapping[str, tuple[Child, ...]] = field(default_factory=dict)
+
+    def engine_pools(self) -> tuple[Pool, ...]:
+        return tuple(live_pool(p, self.nodes) for p in self.pools.values())

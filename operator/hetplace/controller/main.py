@@ -1,0 +1,68 @@
+"""`hetplace run`: the operator process — settings, API client, metrics endpoint, telemetry and
+kopf, wired together and run until a signal stops them."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import socket
+import time
+
+import kopf
+import prometheus_client
+
+from hetplace.config import Settings
+from hetplace.controller.handlers import make_registry
+from hetplace.controller.runtime import Operator
+from hetplace.k8s.client import Kube
+from hetplace.metrics import OperatorMetrics
+from hetplace.telemetry.prometheus import LinkTelemetry, PrometheusClient
+
+log = logging.getLogger("hetplace")
+
+
+def own_identity() -> str:
+    """The pod's name when the chart passes it (POD_NAME), else host and process."""
+    return os.environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}"
+
+
+def build_operator(settings: Settings, *, identity: str, priority: int, standalone: bool) -> Operator:
+    link_telemetry = None
+    if settings.prometheus_url is not None:
+        link_telemetry = LinkTelemetry(PrometheusClient(str(settings.prometheus_url)),
+                                       settings.queries["link_bandwidth_bytes"], settings.queries["link_rtt_seconds"],
+                                       settings.telemetry_stale_after_seconds, time.time)
+    return Operator(settings, Kube.from_environment(), OperatorMetrics(), identity=identity, priority=priority,
+                    standalone=standalone, probe=_model_probe(), link_telemetry=link_telemetry)
+
+
+def _model_probe():
+    try:
+        from hetplace.telemetry.triton import probe_model
+    except ImportError:       # the probe module lands separately; without it, Deployment availability decides
+        return None
+    return probe_model
+
+
+def run(settings: Settings, *, priority: int | None = None, standalone: bool = False,
+        liveness_endpoint: str | None = None, watch_timeout_s: float = 300) -> None:
+    """Run until SIGINT/SIGTERM. Two instances with one peering name: the higher priority works,
+    the other waits (a tie pauses both, so the default priority is random)."""
+    identity = own_identity()
+    priority = priority if priority is not None else random.randint(1, 1_000_000)
+    operator = build_operator(settings, identity=identity, priority=priority, standalone=standalone)
+    server, _ = prometheus_client.start_http_server(settings.metrics_port, settings.metrics_address,
+                                                    registry=operator.metrics.registry)
+    log.info("hetplace %s (priority %d) serving metrics on :%d", identity, priority, settings.metrics_port)
+    try:
+        asyncio.run(kopf.operator(
+            registry=make_registry(), memo=kopf.Memo(operator=operator, watch_timeout_s=watch_timeout_s),
+            identity=identity,
+            priority=priority, standalone=standalone,
+            peering_name=None if standalone else settings.peering_name,
+            clusterwide=not settings.watch_namespaces, namespaces=settings.watch_namespaces,
+            liveness_endpoint=liveness_endpoint))
+    finally:
+        server.shutdown()

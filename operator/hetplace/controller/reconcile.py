@@ -1,0 +1,225 @@
+"""The reconcile pipeline of one workload, pure: validate -> snapshot -> engine -> (readiness, from
+the caller) -> make-before-break step -> render -> what to apply, delete and report.
+
+`choose` decides what the workload should run; the caller then looks up which of those groups are
+ready (Deployment available, model ready through tritonclient) and `converge` turns that into an
+`Outcome`: the objects that changed, the ones to prune, the status and the Events. Nothing here
+talks to the API or reads a clock.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Literal, Mapping
+
+from hetplace.api.status import Phase
+from hetplace.controller.inventory import Child, Picture, WorkloadView, with_applied_hash
+from hetplace.controller.moves import GroupKey, InFlight, Step, advance
+from hetplace.engine.decision import Decision, GroupPlan
+from hetplace.engine.fleet import place_one
+from hetplace.engine.from_api import workload_from_spec
+from hetplace.engine.observed import LinkObservation, with_links
+from hetplace.engine.snapshot import Snapshot, Workload
+from hetplace.engine.usage import Ledger
+from hetplace.k8s.status import Observed, workload_status
+from hetplace.render.triton import render_decision
+
+Verdict = Literal["invalid", "infeasible", "keep", "move"]
+
+
+@dataclass(frozen=True)
+class Telemetry:
+    """What the telemetry loop last read, laid over the declared links."""
+
+    links: tuple[LinkObservation, ...] = ()
+    fresh: Observed = Observed(False, "NoPrometheus", "no Prometheus configured: deciding on the declared links")
+
+
+@dataclass(frozen=True)
+class Choice:
+    """What a workload should run: keep what runs, move to `target`, or nothing (and why)."""
+
+    verdict: Verdict
+    target: Decision | None
+    started: datetime | None = None
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class Note:
+    """An Event to record on the workload."""
+
+    type: Literal["Normal", "Warning"]
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Outcome:
+    apply: tuple[dict, ...]
+    delete: tuple[Child, ...]
+    status: dict | None                 # None: status already says this
+    events: tuple[Note, ...]
+    outcome: str                        # placed | infeasible | invalid | unchanged | moving (metrics)
+    serving: Decision | None
+
+
+def snapshot_for(picture: Picture, telemetry: Telemetry, leave_out: str | None = None) -> tuple[Snapshot, Ledger]:
+    """Pools as observed, and a ledger of what every other workload runs (or is bringing up)."""
+    pools = with_links(picture.engine_pools(), telemetry.links)
+    ledger = Ledger(pools)
+    for key, view in picture.workloads.items():
+        held = view.migration_target or view.running
+        if key == leave_out or view.valid is None or held is None:
+            continue
+        if all(g.pool in picture.pools for g in held.groups):
+            ledger.add(engine_workload(view), held)
+    return Snapshot(pools), ledger
+
+
+def engine_workload(view: WorkloadView) -> Workload:
+    w = view.valid
+    return workload_from_spec(w.metadata.namespace or "default", w.metadata.name, w.spec)
+
+
+def choose(view: WorkloadView, picture: Picture, telemetry: Telemetry, now: datetime) -> Choice:
+    """What an event on the workload (create, resume, spec change) asks for."""
+    if view.valid is None:
+        return Choice("invalid", None, reason=view.problem)
+    status = view.status
+    decided_this_generation = status is not None and status.observed_generation == view.generation
+    known = set(picture.pools)
+    if decided_this_generation and view.migration_target is not None and _on(view.migration_target, known):
+        return Choice("move", view.migration_target, view.migration_started, view.migration_target.reason)
+    if decided_this_generation and view.running is not None and _on(view.running, known):
+        return Choice("keep", view.running)
+    snapshot, ledger = snapshot_for(picture, telemetry, leave_out=view.key)
+    decision = place_one(engine_workload(view), snapshot, ledger)
+    if not decision.feasible:
+        return Choice("infeasible", decision, reason=decision.reason)
+    if view.running is not None and view.running.fingerprint() == decision.fingerprint():
+        return Choice("keep", view.running)
+    why = (f"spec changed (generation {view.generation})" if view.running is not None
+           else "first placement")
+    return Choice("move", dataclasses.replace(decision, reason=f"{why}: {decision.reason}"), now, why)
+
+
+def _on(decision: Decision, pools: set[str]) -> bool:
+    return all(g.pool in pools for g in decision.groups)
+
+
+def converge(view: WorkloadView, choice: Choice, picture: Picture, telemetry: Telemetry,
+             ready: Mapping[GroupKey, bool], now: datetime, *, move_timeout_s: float, image: str,
+             dry_run: bool = False) -> Outcome:
+    """The step a choice leads to now, given which groups are ready."""
+    if choice.verdict in ("invalid", "infeasible"):
+        return _refused(view, choice, telemetry, now)
+    workload = view.valid
+    running = view.running if view.running is not None and _on(view.running, set(picture.pools)) else None
+    if choice.verdict == "keep" or dry_run:
+        step = Step(_sizes(choice.target), (), choice.target, "Placed", "DryRun" if dry_run else "Placed",
+                    "dry-run: decided, nothing created" if dry_run else "placement unchanged", finished=True)
+    else:
+        started = choice.started or now
+        step = advance(InFlight(running, choice.target, started.timestamp(), move_timeout_s), ready, now.timestamp())
+    groups = _groups_to_run(step, choice.target, running)
+    rendered = render_decision(workload, picture.pools, dataclasses.replace(choice.target, groups=groups),
+                               default_image=image)
+    routes = render_decision(workload, picture.pools, step.routes, default_image=image).routes
+    desired = [with_applied_hash(o) for o in (*rendered.deployments, *rendered.services, routes)]
+    owned = {(c.kind, c.name): c for c in picture.children.get(view.key, ())}
+    apply = tuple(o for o in desired
+                  if owned.get((o["kind"], o["metadata"]["name"])) is None
+                  or owned[(o["kind"], o["metadata"]["name"])].applied_hash
+                  != o["metadata"]["annotations"]["hetplace.io/applied-hash"])
+    wanted = {(o["kind"], o["metadata"]["name"]) for o in desired}
+    delete = tuple(c for key, c in sorted(owned.items()) if key not in wanted)
+    if dry_run:
+        apply, delete = (), ()
+
+    moving = step.phase == "Migrating"
+    serving = step.routes
+    all_ready = all(ready.get(k, False) for k in step.run)
+    observed = {
+        "Valid": Observed(True, "Valid", "spec accepted"),
+        "Placed": Observed(True, step.reason, step.message),
+        "SLOMet": _slo_met(serving, workload.spec.slo.latency_ms),
+        "TelemetryFresh": telemetry.fresh,
+        "Ready": Observed(False, "DryRun", "dry-run mode creates nothing") if dry_run else
+        Observed(all_ready, "Ready" if all_ready else "Waiting",
+                 "every group is available and its model ready" if all_ready else step.message),
+    }
+    new_decision = view.status is None or view.status.decision is None or (
+        view.status.decision.fingerprint != serving.fingerprint())
+    status = workload_status(
+        workload.metadata.name, view.generation, serving, Phase.MIGRATING if moving else Phase.PLACED, now, observed,
+        previous=view.status, decided_at=now if new_decision else view.status.decision.at,
+        moving_to=choice.target if moving else None, move_started=choice.started if moving else None).wire()
+    events = _move_events(choice, step, view, now)
+    return Outcome(apply, delete, _changed(view, status), events,
+                   "moving" if moving else ("unchanged" if choice.verdict == "keep" else "placed"), serving)
+
+
+def _sizes(decision: Decision) -> dict[GroupKey, int]:
+    return {(g.pool, g.variant): g.replicas for g in decision.groups}
+
+
+def _groups_to_run(step: Step, target: Decision, running: Decision | None) -> tuple[GroupPlan, ...]:
+    plans = {(g.pool, g.variant): g for g in (*(running.groups if running else ()), *target.groups)}
+    return tuple(dataclasses.replace(plans[k], replicas=n) for k, n in sorted(step.run.items()))
+
+
+def _slo_met(decision: Decision, slo_ms: float) -> Observed:
+    worst = decision.worst_latency_ms
+    if worst <= slo_ms:
+        return Observed(True, "PredictedWithinSLO", f"worst predicted route latency {worst:.1f} ms <= SLO {slo_ms:g} ms")
+    return Observed(False, "PredictedOverSLO", f"worst predicted route latency {worst:.1f} ms > SLO {slo_ms:g} ms")
+
+
+def _move_events(choice: Choice, step: Step, view: WorkloadView, now: datetime) -> tuple[Note, ...]:
+    if choice.verdict != "move":
+        return ()
+    notes = []
+    if choice.started == now:
+        what = ", ".join(f"{g.pool}/{g.variant} x{g.replicas}" for g in choice.target.groups)
+        notes.append(Note("Normal", "Placing" if view.running is None else "Moving", f"{choice.reason}: to {what}"))
+    if step.finished:
+        notes.append(Note("Warning" if step.reason == "MoveTimedOut" else "Normal", step.reason, step.message))
+    return tuple(notes)
+
+
+def _refused(view: WorkloadView, choice: Choice, telemetry: Telemetry, now: datetime) -> Outcome:
+    """Invalid spec or no feasible placement: what runs keeps running, and status says why."""
+    keeping = (f"; {', '.join(f'{g.pool}/{g.variant}' for g in view.running.groups)} keeps serving"
+               if view.running is not None else "")
+    if choice.verdict == "invalid":
+        phase, reason = Phase.INVALID, "InvalidSpec"
+        observed = {"Valid": Observed(False, reason, choice.reason + keeping)}
+    else:
+        phase, reason = Phase.INFEASIBLE, "Infeasible"
+        observed = {"Valid": Observed(True, "Valid", "spec accepted"),
+                    "Placed": Observed(False, reason, f"no placement meets the spec: {choice.reason}{keeping}")}
+    observed["TelemetryFresh"] = telemetry.fresh
+    for c in (view.status.conditions if view.status else ()):      # what runs is as it was
+        if c.type not in observed:
+            observed[c.type] = Observed({"True": True, "False": False}.get(c.status), c.reason, c.message)
+    name = (view.body.get("metadata") or {}).get("name", "")
+    previous = view.status
+    status = workload_status(name, view.generation, view.running, phase, now, observed, previous=previous,
+                             decided_at=previous.decision.at if previous and previous.decision else now).wire()
+    if choice.verdict == "infeasible":
+        status["rejected"] = workload_status(name, view.generation, choice.target, phase, now, observed).wire()["rejected"]
+    message = observed["Valid"].message if choice.verdict == "invalid" else observed["Placed"].message
+    said_before = previous is not None and previous.phase == phase and any(
+        c.reason == reason and c.message == message for c in previous.conditions)
+    events = () if said_before else (Note("Warning", reason, message),)
+    return Outcome((), (), _changed(view, status), events, choice.verdict, view.running)
+
+
+def _changed(view: WorkloadView, status: dict) -> dict | None:
+    """The merge patch from the status stored to `status` (null removes a field), or None when equal."""
+    before = view.body.get("status") or {}
+    patch = {**{k: None for k in before if k not in status}, **status}
+    return None if all(before.get(k) == v for k, v in patch.items()) else patch

@@ -1,0 +1,233 @@
+"""The running operator: reconciles one workload at a time per key, progresses moves, and (on the
+leader) rebalances the fleet. Thin: the decisions are `reconcile` and the engine's; the API calls
+are `k8s.client`; this file orders them, holds the per-workload locks and counts the metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Callable, Mapping
+
+from hetplace.config import Settings
+from hetplace.controller.inventory import Child, Picture, WorkloadView, child_view, workload_view
+from hetplace.controller.leader import is_leader
+from hetplace.controller.moves import GroupKey
+from hetplace.controller.reconcile import Choice, Outcome, Telemetry, choose, converge, engine_workload, snapshot_for
+from hetplace.engine.decision import Decision
+from hetplace.engine.rebalance import Running, plan_moves
+from hetplace.k8s.client import Kube, KubeError
+from hetplace.k8s.status import Observed
+from hetplace.metrics import OperatorMetrics
+from hetplace.render.names import group_name
+
+log = logging.getLogger("hetplace")
+Probe = Callable[[str, str, float], Any]        # (endpoint, model, timeout_s) -> .ready, .reason, .message
+API_VERSION = "hetplace.io/v1alpha1"
+
+
+def utc_now() -> datetime:
+    return datetime.now(timezone.utc).replace(microsecond=0)
+
+
+@dataclass
+class Operator:
+    """One operator process's state: settings, API client, metrics and what the indexes hold."""
+
+    settings: Settings
+    kube: Kube
+    metrics: OperatorMetrics
+    identity: str = ""
+    priority: int = 0
+    standalone: bool = False
+    probe: Probe | None = None
+    clock: Callable[[], datetime] = utc_now
+    indices: Mapping[str, Any] = field(default_factory=dict)
+    telemetry: Telemetry = field(default_factory=Telemetry)
+    link_telemetry: Any = None
+    locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    event_loop: asyncio.AbstractEventLoop | None = None
+
+    def wake_soon(self) -> None:
+        """Run the leader's cycle now (from any thread): pools changed, or the operator stops."""
+        if self.event_loop is not None:
+            self.event_loop.call_soon_threadsafe(self.wake.set)
+
+    # ---- what the indexes hold ------------------------------------------------------------------
+    def picture(self) -> Picture:
+        def values(name: str):
+            index = self.indices.get(name) or {}
+            return [v for store in index.values() for v in store]
+        pools = {p.name: p for p in values("pools") if not isinstance(p, str)}
+        children: dict[str, list[Child]] = {}
+        for c in (*values("deployments"), *values("services"), *values("configmaps")):
+            children.setdefault(c.workload, []).append(c)
+        return Picture(pools=pools, nodes=tuple(values("nodes")),
+                       workloads={v.key: v for v in values("workloads")},
+                       children={k: tuple(v) for k, v in children.items()})
+
+    def lock(self, key: str) -> asyncio.Lock:
+        return self.locks.setdefault(key, asyncio.Lock())
+
+    # ---- one workload ---------------------------------------------------------------------------
+    async def reconcile(self, body: Mapping[str, Any], choice: Choice | None = None) -> Outcome:
+        """Decide (or take `choice`), check readiness, take the next step; under the workload's lock."""
+        view = workload_view(body)
+        async with self.lock(view.key):
+            started = time.perf_counter()
+            picture = self.picture()
+            picture.workloads = {**picture.workloads, view.key: view}
+            now = self.clock()
+            choice = choice or await asyncio.to_thread(choose, view, picture, self.telemetry, now)
+            if choice.verdict in ("keep", "move"):
+                self.metrics.decision_duration.observe(time.perf_counter() - started)
+            ready = await self.readiness(view, choice, picture) if choice.verdict in ("keep", "move") else {}
+            outcome = converge(view, choice, picture, self.telemetry, ready, now,
+                               move_timeout_s=self.settings.move_timeout_seconds, image=self.settings.triton_image,
+                               dry_run=self.settings.dry_run)
+            await asyncio.to_thread(self.execute, view, outcome)
+            return outcome
+
+    async def readiness(self, view: WorkloadView, choice: Choice, picture: Picture) -> dict[GroupKey, bool]:
+        """A group is ready when its Deployment is available and (with probing on) its model answers ready."""
+        if choice.target is None or view.valid is None:
+            return {}
+        name, namespace = view.valid.metadata.name, view.valid.metadata.namespace or "default"
+        owned = {c.name: c for c in picture.children.get(view.key, ()) if c.kind == "Deployment"}
+        ready: dict[GroupKey, bool] = {}
+        for g in choice.target.groups:
+            deployment = owned.get(group_name(name, g.pool, g.variant))
+            ready[(g.pool, g.variant)] = deployment is not None and deployment.available
+        if self.probe is not None and self.settings.probe_models:
+            model = view.valid.spec.model.name
+            for key in [k for k, ok in ready.items() if ok]:
+                endpoint = self.settings.triton_endpoint.format(service=group_name(name, *key), namespace=namespace)
+                verdict = await asyncio.to_thread(self.probe, endpoint, model, 2.0)
+                ready[key] = bool(verdict.ready)
+        return ready
+
+    def execute(self, view: WorkloadView, outcome: Outcome) -> None:
+        """Apply what changed, prune what is no longer wanted, write status, record Events."""
+        for obj in outcome.apply:
+            self.kube.apply(obj)
+        for child in outcome.delete:
+            self.kube.delete(child.api_version, child.kind, child.namespace, child.name)
+        meta = view.body.get("metadata", {})
+        if outcome.status is not None:
+            self.kube.patch_status(API_VERSION, "InferenceWorkload", meta.get("namespace"), meta.get("name"),
+                                   outcome.status)
+        now = self.clock().isoformat().replace("+00:00", "Z")
+        for note in outcome.events:
+            try:
+                self.kube.event({"apiVersion": API_VERSION, "kind": "InferenceWorkload", "metadata": meta},
+                                note.type, note.reason, note.message, now)
+            except KubeError as lost:       # an Event is a courtesy; the status already says it
+                log.warning("event %s on %s not recorded: %s", note.reason, view.key, lost)
+        namespace, name = view.key.split("/", 1)
+        self.metrics.record_outcome(namespace, name, "placed" if outcome.outcome == "moving" else outcome.outcome,
+                                    outcome.serving)
+
+    # ---- the loop ---------------------------------------------------------------------------------
+    def leading(self) -> bool:
+        if self.standalone:
+            return True
+        kind = "ClusterKopfPeering" if not self.settings.watch_namespaces else "KopfPeering"
+        namespace = self.settings.watch_namespaces[0] if self.settings.watch_namespaces else None
+        peering = self.kube.get("kopf.dev/v1", kind, namespace, self.settings.peering_name)
+        return is_leader((peering or {}).get("status"), self.identity, self.priority, self.clock())
+
+    async def progress_moves(self) -> None:
+        """Take the next step of every move under way and of every placement not yet ready."""
+        for view in list(self.picture().workloads.values()):
+            if _in_progress(view):
+                await self._safely(view.body)
+
+    async def progress(self, key: str) -> None:
+        """A child of `key` changed: take its next step if it is moving or waiting."""
+        view = self.picture().workloads.get(key)
+        if view is not None and _in_progress(view):
+            await self._safely(view.body)
+
+    async def rebalance(self) -> None:
+        """Telemetry -> global solve -> hysteresis -> bounded moves (DESIGN §4)."""
+        await asyncio.to_thread(self.read_telemetry)
+        picture = self.picture()
+        valid = [v for v in picture.workloads.values() if v.valid is not None and v.migration_target is None]
+        if not valid:
+            return
+        snapshot, _ = snapshot_for(picture, self.telemetry)
+        workloads = [engine_workload(v) for v in valid]
+        now = self.clock()
+        running = {v.key: Running(v.running, v.status.decision.at.timestamp() if v.status and v.status.decision
+                                  else None) for v in valid if v.running is not None}
+        plan = await asyncio.to_thread(plan_moves, workloads, snapshot, running, now.timestamp(),
+                                       max_moves=self.settings.max_moves_per_cycle,
+                                       time_limit_s=self.settings.solver_time_limit_seconds)
+        by_key = {v.key: v for v in valid}
+        for move in plan.moves:
+            self.metrics.moves.labels(move.reason, move.kind).inc()
+            after = move.after
+            choice = Choice("move", _with_reason(after, f"{move.reason}: {move.why}"), now, f"{move.reason}: {move.why}")
+            await self._safely(by_key[move.workload].body, choice)
+        self.metrics.infeasible.set(sum(1 for h in plan.held if h.why.startswith("no placement")))
+
+    def read_telemetry(self) -> None:
+        if self.link_telemetry is None:
+            return
+        pools = self.picture().engine_pools()
+        reading = self.link_telemetry.read(pools)
+        if reading.all_fresh:
+            fresh = Observed(True, "Fresh", f"{len(reading.fresh)} links read from Prometheus")
+        elif reading.errors:
+            fresh = Observed(False, "PrometheusError", "; ".join(reading.errors)[:1000])
+        else:
+            fresh = Observed(False, "Stale", f"{len(reading.last_known_good)} links on last-known-good, "
+                                             f"{len(reading.declared)} on declared values")
+        self.telemetry = Telemetry(reading.observations, fresh)
+
+    async def _safely(self, body: Mapping[str, Any], choice: Choice | None = None) -> None:
+        try:
+            await self.reconcile(body, choice)
+        except KubeError as failed:
+            log.warning("%s/%s: %s (will retry next cycle)", body.get("metadata", {}).get("namespace"),
+                        body.get("metadata", {}).get("name"), failed)
+
+    async def run_loop(self, stop: asyncio.Event) -> None:
+        """On the leader: progress moves every `move_poll_seconds`, rebalance every `rebalance_interval_seconds`
+        (or at once when pools change)."""
+        last_rebalance = 0.0
+        while not stop.is_set():
+            try:
+                if await asyncio.to_thread(self.leading):
+                    await self.progress_moves()
+                    due = time.monotonic() - last_rebalance >= self.settings.rebalance_interval_seconds
+                    if due or self.wake.is_set():
+                        self.wake.clear()
+                        last_rebalance = time.monotonic()
+                        await self.rebalance()
+            except KubeError as failed:
+                log.warning("rebalance cycle: %s", failed)
+            except Exception:          # the loop must outlive one bad cycle; the traceback says what broke
+                log.exception("rebalance cycle failed")
+            try:
+                await asyncio.wait_for(self.wake.wait(), timeout=self.settings.move_poll_seconds)
+            except asyncio.TimeoutError:
+                pass
+
+
+def _in_progress(view: WorkloadView) -> bool:
+    if view.valid is None:
+        return False
+    if view.migration_target is not None:
+        return True
+    ready = next((c for c in (view.status.conditions if view.status else ()) if c.type == "Ready"), None)
+    return view.running is not None and (ready is None or (ready.status != "True" and ready.reason != "DryRun"))
+
+
+def _with_reason(decision: Decision, reason: str) -> Decision:
+    return dataclasses.replace(decision, reason=reason)

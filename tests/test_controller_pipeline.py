@@ -1,0 +1,239 @@
+"""The reconcile pipeline without an API server: choose -> converge on the factory example, with the
+cluster's answers (children applied, Deployments available, status stored) played back by hand.
+
+Covers what the integration tier checks end to end, at the level of the pure functions: a first
+placement, nothing written when nothing changed, an invalid or infeasible update keeping what
+serves, a make-before-break move, its timeout, live pool capacity from Nodes, and the leader rule.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+import yaml
+
+from hetplace.controller.inventory import (
+    APPLIED_HASH,
+    Child,
+    Picture,
+    child_view,
+    live_pool,
+    node_view,
+    workload_view,
+)
+from hetplace.controller.leader import is_leader
+from hetplace.controller.reconcile import Choice, Outcome, Telemetry, choose, converge
+from hetplace.engine.observed import LinkObservation
+from hetplace.api.load import load_manifests
+
+REPO = Path(__file__).resolve().parents[1]
+FACTORY = REPO / "manifests" / "examples" / "factory"
+T0 = datetime(2026, 12, 4, 12, 0, tzinfo=timezone.utc)
+UID = "7f1c7a52-0000-4000-8000-000000000001"
+pytestmark = pytest.mark.unit
+
+
+def workload_body(generation: int = 1, **spec_changes) -> dict:
+    body = yaml.safe_load((FACTORY / "workload.yaml").read_text())
+    body["metadata"].update(uid=UID, generation=generation)
+    body["spec"].update(spec_changes)
+    return body
+
+
+class Cluster:
+    """What the API server would hold after the operator's writes: children and the workload's status."""
+
+    def __init__(self, body: dict) -> None:
+        self.body = body
+        self.pools = {p.name: p for p in load_manifests([FACTORY / "pools"]).pools}
+        self.children: dict[tuple[str, str], dict] = {}
+        self.unavailable: set[str] = set()
+
+    def picture(self) -> Picture:
+        views = [child_view(self._as_stored(o)) for o in self.children.values()]
+        by_workload: dict[str, list[Child]] = {}
+        for c in views:
+            by_workload.setdefault(c.workload, []).append(c)
+        view = workload_view(self.body)
+        return Picture(pools=self.pools, workloads={view.key: view},
+                       children={k: tuple(v) for k, v in by_workload.items()})
+
+    def _as_stored(self, obj: dict) -> dict:
+        stored = copy.deepcopy(obj)
+        stored["metadata"]["generation"] = 1
+        if obj["kind"] == "Deployment" and obj["metadata"]["name"] not in self.unavailable:
+            n = obj["spec"]["replicas"]
+            stored["status"] = {"observedGeneration": 1, "replicas": n, "availableReplicas": n, "updatedReplicas": n}
+        return stored
+
+    def write(self, outcome: Outcome) -> None:
+        for obj in outcome.apply:
+            self.children[(obj["kind"], obj["metadata"]["name"])] = obj
+        for child in outcome.delete:
+            del self.children[(child.kind, child.name)]
+        if outcome.status is not None:
+            merged = {**self.body.get("status", {}), **outcome.status}
+            self.body["status"] = json.loads(json.dumps({k: v for k, v in merged.items() if v is not None}))
+
+    def ready(self, choice: Choice) -> dict:
+        names = {c.name: c for cs in self.picture().children.values() for c in cs if c.kind == "Deployment"}
+        return {(g.pool, g.variant): (n := names.get(f"defect-detector-{g.pool}-{g.variant}")) is not None
+                and n.available for g in choice.target.groups} if choice.target else {}
+
+    def cycle(self, now: datetime, telemetry: Telemetry = Telemetry(), choice: Choice | None = None) -> Outcome:
+        picture = self.picture()
+        view = picture.workloads["factory/defect-detector"]
+        choice = choice or choose(view, picture, telemetry, now)
+        outcome = converge(view, choice, picture, telemetry, self.ready(choice), now, move_timeout_s=600,
+                           image="triton:test")
+        self.write(outcome)
+        return outcome
+
+
+def deployments(cluster: Cluster) -> list[str]:
+    return sorted(name for kind, name in cluster.children if kind == "Deployment")
+
+
+def condition(cluster: Cluster, kind: str) -> dict:
+    return next(c for c in cluster.body["status"]["conditions"] if c["type"] == kind)
+
+
+def placed_cluster() -> Cluster:
+    cluster = Cluster(workload_body())
+    cluster.cycle(T0)                         # first placement: children created
+    cluster.cycle(T0 + timedelta(seconds=5))  # Deployments available: Ready
+    return cluster
+
+
+def test_a_first_placement_creates_the_children_and_reports_placed():
+    cluster = Cluster(workload_body())
+    first = cluster.cycle(T0)
+    kinds = sorted(o["kind"] for o in first.apply)
+    assert kinds == ["ConfigMap", "Deployment", "Service"]
+    assert deployments(cluster) == ["defect-detector-cpu-cloud-eu-openvino-int8"]
+    assert cluster.body["status"]["phase"] == "Placed"
+    assert condition(cluster, "Ready")["status"] == "False"
+    assert [(n.type, n.reason) for n in first.events] == [("Normal", "Placing")]
+    assert all(APPLIED_HASH in o["metadata"]["annotations"] for o in first.apply)
+
+    second = cluster.cycle(T0 + timedelta(seconds=5))
+    assert second.apply == () and second.delete == ()
+    assert condition(cluster, "Ready")["status"] == "True"
+
+
+def test_nothing_is_written_when_nothing_changed():
+    cluster = placed_cluster()
+    again = cluster.cycle(T0 + timedelta(minutes=10))
+    assert (again.apply, again.delete, again.status, again.events) == ((), (), None, ())
+    assert again.outcome == "unchanged"
+
+
+def test_an_invalid_update_keeps_what_serves_and_names_the_field():
+    cluster = placed_cluster()
+    serving = copy.deepcopy(cluster.body["status"]["placements"])
+    cluster.body["spec"]["slo"]["percentile"] = 101
+    cluster.body["metadata"]["generation"] = 2
+    outcome = cluster.cycle(T0 + timedelta(minutes=1))
+    assert outcome.apply == () and outcome.delete == ()
+    assert deployments(cluster) == ["defect-detector-cpu-cloud-eu-openvino-int8"]
+    assert cluster.body["status"]["phase"] == "Invalid"
+    assert cluster.body["status"]["placements"] == serving
+    valid = condition(cluster, "Valid")
+    assert valid["status"] == "False" and "spec.slo.percentile" in valid["message"] and "101" in valid["message"]
+    assert [(n.type, n.reason) for n in outcome.events] == [("Warning", "InvalidSpec")]
+    assert cluster.cycle(T0 + timedelta(minutes=2)).events == ()      # said once, not every cycle
+
+
+def test_an_infeasible_update_keeps_what_serves_and_says_why():
+    cluster = placed_cluster()
+    cluster.body["spec"]["slo"]["latencyMs"] = 1
+    cluster.body["metadata"]["generation"] = 2
+    outcome = cluster.cycle(T0 + timedelta(minutes=1))
+    assert outcome.apply == () and outcome.delete == ()
+    assert cluster.body["status"]["phase"] == "Infeasible"
+    assert deployments(cluster) == ["defect-detector-cpu-cloud-eu-openvino-int8"]
+    placed = condition(cluster, "Placed")
+    assert placed["status"] == "False" and "keeps serving" in placed["message"]
+    assert cluster.body["status"]["rejected"], "the closest alternatives are listed"
+
+
+DROP = Telemetry(links=(LinkObservation("factory-eu-1", "gpu-cloud-eu", 250, 25),
+                        LinkObservation("factory-eu-1", "cpu-cloud-eu", 250, 25)))
+
+
+def test_a_move_is_make_before_break():
+    cluster = placed_cluster()
+    cluster.body["metadata"]["generation"] = 2       # a spec change re-plans, here under the dropped uplink
+    new_group = "defect-detector-arm-factory-eu-1-trt-int8-orin"
+    cluster.unavailable.add(new_group)
+    moving = cluster.cycle(T0 + timedelta(minutes=1), DROP)
+    assert deployments(cluster) == [new_group, "defect-detector-cpu-cloud-eu-openvino-int8"]
+    assert moving.delete == ()
+    assert cluster.body["status"]["phase"] == "Migrating"
+    routes = json.loads(cluster.children[("ConfigMap", "defect-detector-routes")]["data"]["factory-eu-1"])
+    assert routes["pool"] == "cpu-cloud-eu", "routes stay on the old group until the new one is ready"
+    assert [p["pool"] for p in cluster.body["status"]["migration"]["target"]] == ["arm-factory-eu-1", "cpu-cloud-eu"]
+
+    still = cluster.cycle(T0 + timedelta(minutes=2), DROP)   # not ready yet: nothing changes
+    assert still.apply == () and still.delete == ()
+
+    cluster.unavailable.clear()
+    done = cluster.cycle(T0 + timedelta(minutes=3), DROP)
+    assert cluster.body["status"]["phase"] == "Placed" and "migration" not in cluster.body["status"]
+    routes = json.loads(cluster.children[("ConfigMap", "defect-detector-routes")]["data"]["factory-eu-1"])
+    assert routes["pool"] == "arm-factory-eu-1"
+    assert [(n.reason) for n in done.events] == ["Moved"]
+
+
+def test_a_stuck_move_goes_back_after_its_timeout():
+    cluster = placed_cluster()
+    cluster.body["metadata"]["generation"] = 2
+    new_group = "defect-detector-arm-factory-eu-1-trt-int8-orin"
+    cluster.unavailable.add(new_group)
+    cluster.cycle(T0 + timedelta(minutes=1), DROP)
+    late = cluster.cycle(T0 + timedelta(minutes=12), DROP)
+    assert sorted((c.kind, c.name) for c in late.delete) == [("Deployment", new_group), ("Service", new_group)]
+    assert deployments(cluster) == ["defect-detector-cpu-cloud-eu-openvino-int8"]
+    assert [(n.type, n.reason) for n in late.events] == [("Warning", "MoveTimedOut")]
+    assert "not ready after" in condition(cluster, "Placed")["message"]
+
+
+def node(name: str, labels: dict, cpu: str = "8", memory: str = "32Gi", ready: bool = True, **extra) -> dict:
+    return {"metadata": {"name": name, "labels": labels},
+            "status": {"allocatable": {"cpu": cpu, "memory": memory, **extra},
+                       "conditions": [{"type": "Ready", "status": "True" if ready else "False"}]}}
+
+
+@pytest.mark.parametrize("nodes, count, cpu, down", [
+    pytest.param([], 8, 4.0, False, id="no matching nodes: the declared shape"),
+    pytest.param([node("a", {"hetplace.io/pool": "cpu-cloud-eu"}, cpu="3500m"),
+                  node("b", {"hetplace.io/pool": "cpu-cloud-eu"}, cpu="8"),
+                  node("c", {"hetplace.io/pool": "other"})], 2, 3.5, False,
+                 id="ready matching nodes: their count at the smallest allocatable"),
+    pytest.param([node("a", {"hetplace.io/pool": "cpu-cloud-eu"}, ready=False)], 8, 4.0, True,
+                 id="matching nodes none ready: the pool is down"),
+])
+def test_a_pool_is_sized_by_its_live_ready_nodes(nodes, count, cpu, down):
+    pool = next(p for p in load_manifests([FACTORY / "pools"]).pools if p.name == "cpu-cloud-eu")
+    live = live_pool(pool, [node_view(n) for n in nodes])
+    assert (live.node_count, live.node.cpu_cores, live.down) == (count, cpu, down)
+
+
+def peer(priority: int, seen: datetime, lifetime: int = 60) -> dict:
+    return {"priority": priority, "lastseen": seen.isoformat(), "lifetime": lifetime}
+
+
+@pytest.mark.parametrize("peers, leads", [
+    pytest.param({}, True, id="alone: leads"),
+    pytest.param({"me": peer(10, T0), "other": peer(5, T0)}, True, id="higher priority than the other: leads"),
+    pytest.param({"me": peer(5, T0), "other": peer(10, T0)}, False, id="a live higher priority peer: waits"),
+    pytest.param({"me": peer(10, T0), "other": peer(10, T0)}, False, id="a tie pauses both, as kopf does"),
+    pytest.param({"me": peer(5, T0), "other": peer(10, T0 - timedelta(minutes=5))}, True,
+                 id="the higher peer's lifetime ran out: leads"),
+])
+def test_the_leader_is_the_instance_kopf_leaves_running(peers, leads):
+    assert is_leader(peers, "me", peers.get("me", {}).get("priority", 10), T0) is leads
