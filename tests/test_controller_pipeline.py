@@ -27,7 +27,7 @@ from hetplace.controller.inventory import (
 )
 from hetplace.controller.leader import is_leader
 from hetplace.controller.reconcile import Choice, Outcome, Telemetry, choose, converge
-from hetplace.engine.observed import LinkObservation
+from hetplace.engine.observed import LinkObservation, correction_factor
 from hetplace.api.load import load_manifests
 
 REPO = Path(__file__).resolve().parents[1]
@@ -200,6 +200,28 @@ def test_a_stuck_move_goes_back_after_its_timeout():
     assert deployments(cluster) == ["defect-detector-cpu-cloud-eu-openvino-int8"]
     assert [(n.type, n.reason) for n in late.events] == [("Warning", "MoveTimedOut")]
     assert "not ready after" in condition(cluster, "Placed")["message"]
+
+
+@pytest.mark.parametrize("observed_ms, factor", [
+    pytest.param(60.0, 2.0, id="twice as slow as profiled: factor 2"),
+    pytest.param(600.0, 4.0, id="a wild reading is held at 4"),
+    pytest.param(1.0, 0.5, id="a suspiciously fast reading is held at 0.5"),
+    pytest.param(0.0, 1.0, id="no requests: no correction"),
+])
+def test_the_correction_factor_is_bounded(observed_ms, factor):
+    assert correction_factor(observed_ms, 30.0) == factor
+
+
+def test_a_slower_observed_service_time_changes_the_placement():
+    cluster = Cluster(workload_body())
+    picture = cluster.picture()
+    view = picture.workloads["factory/defect-detector"]
+    plain = choose(view, picture, Telemetry(), T0).target
+    slow = Telemetry(corrections={"factory/defect-detector": {("cpu-cloud-eu", "openvino-int8"): 4.0}})
+    corrected = choose(view, picture, slow, T0).target
+    assert [g.pool for g in plain.groups] == ["cpu-cloud-eu"]
+    assert "cpu-cloud-eu" not in [g.pool for g in corrected.groups] or \
+        corrected.groups[0].replicas > plain.groups[0].replicas
 
 
 def node(name: str, labels: dict, cpu: str = "8", memory: str = "32Gi", ready: bool = True, **extra) -> dict:

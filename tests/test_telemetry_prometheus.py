@@ -16,7 +16,13 @@ from test_render import FACTORY
 from hetplace.api.load import load_manifests
 from hetplace.config import DEFAULT_QUERIES
 from hetplace.engine.from_api import pool_from_spec
-from hetplace.telemetry.prometheus import LinkTelemetry, PrometheusClient, TelemetryError
+from hetplace.telemetry.prometheus import (
+    GroupRef,
+    LinkTelemetry,
+    PrometheusClient,
+    ServiceTimeTelemetry,
+    TelemetryError,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -42,9 +48,15 @@ def link_exporter():
     registry = CollectorRegistry()
     bandwidth = Gauge("hetplace_link_bandwidth_bytes", "Link bandwidth.", ["site", "pool"], registry=registry)
     rtt = Gauge("hetplace_link_rtt_seconds", "Link RTT.", ["site", "pool"], registry=registry)
+    triton_labels = ["namespace", "hetplace_io_workload", "hetplace_io_pool"]   # as scrape relabelling names them
+    # Triton's counters have no `_total` suffix, which prometheus_client's Counter would add: a Gauge
+    # that only goes up exposes them under Triton's exact names
+    triton = {name: Gauge(name, f"Triton's {name}.", triton_labels, registry=registry)
+              for name in ("nv_inference_request_duration_us", "nv_inference_queue_duration_us",
+                           "nv_inference_request_success")}
     port = free_port()
     server, thread = start_http_server(port, addr="127.0.0.1", registry=registry)
-    yield port, bandwidth, rtt
+    yield port, bandwidth, rtt, triton
     server.shutdown()
     server.server_close()
     thread.join(timeout=5)
@@ -95,7 +107,7 @@ class Clock:
 
 
 def test_a_link_reading_comes_from_prometheus_and_the_others_from_the_spec(prometheus, link_exporter):
-    _, bandwidth, rtt = link_exporter
+    _, bandwidth, rtt, _ = link_exporter
     bandwidth.labels("factory-eu-1", "cpu-cloud-eu").set(250_000)
     rtt.labels("factory-eu-1", "cpu-cloud-eu").set(0.025)
     client = PrometheusClient(prometheus)
@@ -111,7 +123,7 @@ def test_a_link_reading_comes_from_prometheus_and_the_others_from_the_spec(prome
 
 
 def test_when_prometheus_cannot_be_read_the_last_good_reading_holds_until_it_is_stale(prometheus, link_exporter):
-    _, bandwidth, rtt = link_exporter
+    _, bandwidth, rtt, _ = link_exporter
     bandwidth.labels("factory-eu-1", "gpu-cloud-eu").set(500_000)
     rtt.labels("factory-eu-1", "gpu-cloud-eu").set(0.03)
     client = PrometheusClient(prometheus)
@@ -133,3 +145,24 @@ def test_when_prometheus_cannot_be_read_the_last_good_reading_holds_until_it_is_
 def test_a_bad_query_is_an_error_that_names_it(prometheus):
     with pytest.raises(TelemetryError, match="bad_data"):
         PrometheusClient(prometheus).query("sum(rate(")
+
+
+def test_a_groups_service_time_comes_from_tritons_counters(prometheus, link_exporter):
+    triton = link_exporter[3]
+    labels = ("factory", "defect-detector", "cpu-cloud-eu")
+    group = GroupRef("factory", "defect-detector", "cpu-cloud-eu", "openvino-int8")
+    idle = GroupRef("factory", "defect-detector", "gpu-cloud-eu", "trt-fp16")
+    telemetry = ServiceTimeTelemetry(PrometheusClient(prometheus), DEFAULT_QUERIES)
+
+    def serve_and_read():
+        # 10 requests a poll, each 45 ms in Triton of which 5 ms queued: 40 ms of compute
+        triton["nv_inference_request_success"].labels(*labels).inc(10)
+        triton["nv_inference_request_duration_us"].labels(*labels).inc(10 * 45_000)
+        triton["nv_inference_queue_duration_us"].labels(*labels).inc(10 * 5_000)
+        observed, errors = telemetry.read([group, idle])
+        assert errors == ()
+        return observed if group in observed else None
+
+    observed = wait_for(serve_and_read, 30, "two scrapes of Triton's counters")
+    assert observed[group] == pytest.approx(40.0, rel=0.02)    # a scrape may fall between the three increments
+    assert idle not in observed, "a group with no requests has no reading"

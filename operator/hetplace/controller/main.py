@@ -18,7 +18,7 @@ from hetplace.controller.handlers import make_registry
 from hetplace.controller.runtime import Operator
 from hetplace.k8s.client import Kube
 from hetplace.metrics import OperatorMetrics
-from hetplace.telemetry.prometheus import LinkTelemetry, PrometheusClient
+from hetplace.telemetry.prometheus import LinkTelemetry, PrometheusClient, ServiceTimeTelemetry
 
 log = logging.getLogger("hetplace")
 
@@ -29,13 +29,16 @@ def own_identity() -> str:
 
 
 def build_operator(settings: Settings, *, identity: str, priority: int, standalone: bool) -> Operator:
-    link_telemetry = None
+    link_telemetry = service_telemetry = None
     if settings.prometheus_url is not None:
-        link_telemetry = LinkTelemetry(PrometheusClient(str(settings.prometheus_url)),
-                                       settings.queries["link_bandwidth_bytes"], settings.queries["link_rtt_seconds"],
-                                       settings.telemetry_stale_after_seconds, time.time)
+        prometheus = PrometheusClient(str(settings.prometheus_url))
+        link_telemetry = LinkTelemetry(prometheus, settings.queries["link_bandwidth_bytes"],
+                                       settings.queries["link_rtt_seconds"], settings.telemetry_stale_after_seconds,
+                                       time.time)
+        service_telemetry = ServiceTimeTelemetry(prometheus, settings.queries)
     return Operator(settings, Kube.from_environment(), OperatorMetrics(), identity=identity, priority=priority,
-                    standalone=standalone, probe=_model_probe(), link_telemetry=link_telemetry)
+                    standalone=standalone, probe=_model_probe(), link_telemetry=link_telemetry,
+                    service_telemetry=service_telemetry)
 
 
 def _model_probe():

@@ -35,6 +35,8 @@ class Telemetry:
 
     links: tuple[LinkObservation, ...] = ()
     fresh: Observed = Observed(False, "NoPrometheus", "no Prometheus configured: deciding on the declared links")
+    # per workload key: observed/profiled service time per (pool, variant), bounded
+    corrections: Mapping[str, Mapping[tuple[str, str], float]] = dataclasses.field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -75,13 +77,15 @@ def snapshot_for(picture: Picture, telemetry: Telemetry, leave_out: str | None =
         if key == leave_out or view.valid is None or held is None:
             continue
         if all(g.pool in picture.pools for g in held.groups):
-            ledger.add(engine_workload(view), held)
+            ledger.add(engine_workload(view, telemetry), held)
     return Snapshot(pools), ledger
 
 
-def engine_workload(view: WorkloadView) -> Workload:
+def engine_workload(view: WorkloadView, telemetry: Telemetry) -> Workload:
     w = view.valid
-    return workload_from_spec(w.metadata.namespace or "default", w.metadata.name, w.spec)
+    workload = workload_from_spec(w.metadata.namespace or "default", w.metadata.name, w.spec)
+    corrections = telemetry.corrections.get(view.key)
+    return dataclasses.replace(workload, latency_correction=corrections) if corrections else workload
 
 
 def choose(view: WorkloadView, picture: Picture, telemetry: Telemetry, now: datetime) -> Choice:
@@ -96,7 +100,7 @@ def choose(view: WorkloadView, picture: Picture, telemetry: Telemetry, now: date
     if decided_this_generation and view.running is not None and _on(view.running, known):
         return Choice("keep", view.running)
     snapshot, ledger = snapshot_for(picture, telemetry, leave_out=view.key)
-    decision = place_one(engine_workload(view), snapshot, ledger)
+    decision = place_one(engine_workload(view, telemetry), snapshot, ledger)
     if not decision.feasible:
         return Choice("infeasible", decision, reason=decision.reason)
     if view.running is not None and view.running.fingerprint() == decision.fingerprint():

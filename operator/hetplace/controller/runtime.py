@@ -19,6 +19,8 @@ from hetplace.controller.leader import is_leader
 from hetplace.controller.moves import GroupKey
 from hetplace.controller.reconcile import Choice, Outcome, Telemetry, choose, converge, engine_workload, snapshot_for
 from hetplace.engine.decision import Decision
+from hetplace.engine.observed import correction_factor
+from hetplace.telemetry.prometheus import GroupRef, ServiceTimeTelemetry
 from hetplace.engine.rebalance import Running, plan_moves
 from hetplace.k8s.client import Kube, KubeError
 from hetplace.k8s.status import Observed
@@ -49,6 +51,7 @@ class Operator:
     indices: Mapping[str, Any] = field(default_factory=dict)
     telemetry: Telemetry = field(default_factory=Telemetry)
     link_telemetry: Any = None
+    service_telemetry: ServiceTimeTelemetry | None = None
     locks: dict[str, asyncio.Lock] = field(default_factory=dict)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     event_loop: asyncio.AbstractEventLoop | None = None
@@ -161,7 +164,7 @@ class Operator:
         if not valid:
             return
         snapshot, _ = snapshot_for(picture, self.telemetry)
-        workloads = [engine_workload(v) for v in valid]
+        workloads = [engine_workload(v, self.telemetry) for v in valid]
         now = self.clock()
         running = {v.key: Running(v.running, v.status.decision.at.timestamp() if v.status and v.status.decision
                                   else None) for v in valid if v.running is not None}
@@ -177,18 +180,33 @@ class Operator:
         self.metrics.infeasible.set(sum(1 for h in plan.held if h.why.startswith("no placement")))
 
     def read_telemetry(self) -> None:
+        """Links (bandwidth, RTT) and each running group's service time, through the PromQL templates."""
         if self.link_telemetry is None:
             return
-        pools = self.picture().engine_pools()
-        reading = self.link_telemetry.read(pools)
-        if reading.all_fresh:
+        picture = self.picture()
+        reading = self.link_telemetry.read(picture.engine_pools())
+        errors = list(reading.errors)
+        corrections: dict[str, dict[tuple[str, str], float]] = {}
+        if self.service_telemetry is not None:
+            refs = {GroupRef(*v.key.split("/", 1), g.pool, g.variant): v
+                    for v in picture.workloads.values() if v.valid is not None and v.running is not None
+                    for g in v.running.groups}
+            observed, failed = self.service_telemetry.read(refs)
+            errors += failed
+            for ref, ms in observed.items():
+                profile = next((x for x in refs[ref].valid.spec.variants if x.name == ref.variant), None)
+                if profile is not None:
+                    corrections.setdefault(f"{ref.namespace}/{ref.workload}", {})[(ref.pool, ref.variant)] = \
+                        correction_factor(ms, profile.profile.latency_ms)
+        if reading.all_fresh and not errors:
             fresh = Observed(True, "Fresh", f"{len(reading.fresh)} links read from Prometheus")
-        elif reading.errors:
-            fresh = Observed(False, "PrometheusError", "; ".join(reading.errors)[:1000])
+        elif errors:
+            fresh = Observed(False, "PrometheusError", "; ".join(errors)[:1000])
         else:
             fresh = Observed(False, "Stale", f"{len(reading.last_known_good)} links on last-known-good, "
                                              f"{len(reading.declared)} on declared values")
-        self.telemetry = Telemetry(reading.observations, fresh)
+        self.telemetry = Telemetry(reading.observations, fresh, corrections)
+        self.metrics.telemetry_age.labels("prometheus").set(0 if reading.fresh else self.settings.telemetry_stale_after_seconds)
 
     async def _safely(self, body: Mapping[str, Any], choice: Choice | None = None) -> None:
         try:

@@ -240,7 +240,7 @@ def candidates(w: Workload, snap: Snapshot, passed: list[tuple[Pool, Variant]]) 
     return [
         Candidate(
             pool,
-            v,
+            w.variant_on(pool.name, v),
             replica_cost_per_hour(pool, v.resources),
             min(w.replicas_max, replicas_that_fit(pool, v.resources, snap.pool_used.get(pool.name, Resources()))),
         )

@@ -88,6 +88,7 @@ def _measure_workload(w: Workload, d: Decision | None, pools: Mapping[str, Pool]
         if v is None:      # renamed under a running placement: its profile is no longer known
             compute_s[(pool, variant)] = math.nan
             continue
+        v = w.variant_on(pool, v)
         compute_s[(pool, variant)] = float(compute_latency_s(
             np.array([replicas[(pool, variant)]]), v.concurrency, np.array([lam]),
             v.latency_ms, v.tail_latency_ms, w.percentile)[0])

@@ -24,6 +24,18 @@ class TrafficObservation:
     requests_per_second: float
 
 
+CORRECTION_BOUNDS = (0.5, 4.0)
+
+
+def correction_factor(observed_ms: float, profile_ms: float) -> float:
+    """Observed over profiled service time, bounded to [0.5, 4] so one odd reading cannot make a
+    pool look free or useless."""
+    low, high = CORRECTION_BOUNDS
+    if profile_ms <= 0 or not observed_ms > 0:
+        return 1.0
+    return min(high, max(low, observed_ms / profile_ms))
+
+
 def with_links(pools: Iterable[Pool], observations: Iterable[LinkObservation]) -> tuple[Pool, ...]:
     """Pools whose links are replaced (or added) by what was observed."""
     by_pool: dict[str, dict[str, LinkState]] = {}

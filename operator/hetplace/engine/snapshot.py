@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Literal, Mapping
 
@@ -131,10 +131,19 @@ class Workload:
     max_link_utilization: float = 0.8
     min_improvement_percent: float = 10.0
     cooldown_seconds: float = 300.0
+    # observed / predicted service time per (pool, variant), from telemetry (1 when not observed)
+    latency_correction: Mapping[tuple[str, str], float] = field(default_factory=dict)
 
     @property
     def key(self) -> str:
         return f"{self.namespace}/{self.name}"
+
+    def variant_on(self, pool: str, variant: Variant) -> Variant:
+        """The variant's profile on `pool`, scaled by what telemetry observed there."""
+        factor = self.latency_correction.get((pool, variant.name), 1.0)
+        if factor == 1.0:
+            return variant
+        return replace(variant, latency_ms=variant.latency_ms * factor, tail_latency_ms=variant.tail_latency_ms * factor)
 
 
 @dataclass(frozen=True)

@@ -121,3 +121,39 @@ class LinkTelemetry:
                 or not (math.isfinite(rtt_s) and rtt_s >= 0):
             return None
         return LinkObservation(site, pool, bytes_per_s / 1000.0, rtt_s * 1000.0)
+
+
+@dataclass(frozen=True)
+class GroupRef:
+    """A running group, as the Triton metric labels name it."""
+
+    namespace: str
+    workload: str
+    pool: str
+    variant: str
+
+
+@dataclass
+class ServiceTimeTelemetry:
+    """Triton's own counters per running group: mean compute time per request (request duration
+    minus queueing, over successful requests), in ms. A group with no requests yet has no reading."""
+
+    client: PrometheusClient
+    queries: Mapping[str, str]       # request_duration_us, queue_duration_us, request_success
+
+    def read(self, groups: Iterable[GroupRef]) -> tuple[dict[GroupRef, float], tuple[str, ...]]:
+        observed, errors = {}, []
+        for g in groups:
+            names = {"namespace": g.namespace, "workload": g.workload, "pool": g.pool, "variant": g.variant, "site": ""}
+            try:
+                duration, queue, success = [self.client.query(self.queries[q].format(**names))
+                                            for q in ("request_duration_us", "queue_duration_us", "request_success")]
+            except TelemetryError as failed:
+                errors.append(str(failed))
+                continue
+            if not duration or not success or success[0].value <= 0:
+                continue
+            compute_us = (duration[0].value - (queue[0].value if queue else 0.0)) / success[0].value
+            if math.isfinite(compute_us) and compute_us > 0:
+                observed[g] = compute_us / 1000.0
+        return observed, tuple(errors)
