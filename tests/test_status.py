@@ -81,3 +81,27 @@ def test_the_status_schema_check_is_real():
     doc["conditions"][0]["status"] = "Maybe"
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(doc, status_schema())
+
+
+def test_a_pool_status_reports_capacity_and_what_hetplace_placed():
+    from hetplace.engine.snapshot import Resources
+    from hetplace.k8s.status import pool_status
+
+    pool = next(pool_from_spec(p.metadata.name, p.spec) for p in load_manifests([FACTORY / "pools"]).pools
+                if p.metadata.name == "cpu-cloud-eu")
+    status = pool_status(2, pool, 0, Resources(12, 12 * 2**30, 0), 0.178, "", T0, None).wire()
+    assert status["nodesReady"] == 8 and status["capacity"] == {"cpu": "32000m", "memory": str(8 * 8 * 2**30),
+                                                                 "accelerators": 0}
+    assert status["allocated"]["cpu"] == "12000m"
+    assert {c["type"]: c["reason"] for c in status["conditions"]} == {"Valid": "Valid", "Ready": "DeclaredShape"}
+    jsonschema.validate(status, pool_status_schema())
+
+    refused = pool_status(3, None, 0, Resources(), None, "spec.cost: exactly one of hourly or tco", T0, None).wire()
+    valid = next(c for c in refused["conditions"] if c["type"] == "Valid")
+    assert valid["status"] == "False" and "spec.cost" in valid["message"]
+    jsonschema.validate(refused, pool_status_schema())
+
+
+def pool_status_schema() -> dict:
+    crd = yaml.safe_load((REPO / "crds" / "hetplace.io_computepools.yaml").read_text())
+    return crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]

@@ -8,8 +8,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from hetplace.api.resources import Resources
-from hetplace.api.wire import StatusModel, list_map
+from hetplace.api.wire import Quantity, StatusModel, list_map
 
 MAX_CONDITIONS = 16
 MAX_PLACEMENTS = 64
@@ -139,6 +138,17 @@ class InferenceWorkloadStatus(StatusModel):
     """The closest alternatives turned down, with reasons."""
 
 
+class PoolResources(StatusModel):
+    """CPU, memory and accelerators held by or placed on a whole pool."""
+
+    cpu: Quantity
+    """CPU, e.g. "32" or "7500m"."""
+    memory: Quantity
+    """Memory, e.g. "64Gi"."""
+    accelerators: int = Field(default=0, ge=0)
+    """Accelerators."""
+
+
 class ComputePoolStatus(StatusModel):
     """What the pool holds in the cluster and how much of it hetplace has placed."""
 
@@ -148,9 +158,9 @@ class ComputePoolStatus(StatusModel):
     """Ready, and Valid when the spec was refused."""
     nodes_ready: int | None = Field(default=None, ge=0)
     """Nodes matching nodeSelector that are Ready."""
-    capacity: Resources | None = None
-    """Allocatable resources summed over ready nodes."""
-    allocated: Resources | None = None
+    capacity: PoolResources | None = None
+    """Allocatable resources summed over ready nodes (the declared shape when no node matches)."""
+    allocated: PoolResources | None = None
     """Resources requested by the replicas hetplace placed here."""
     node_cost_per_hour: float | None = Field(default=None, ge=0)
     """Price of one node-hour from spec.cost (hourly, or TCO amortised)."""

@@ -11,10 +11,7 @@ from typing import Any
 
 import kopf
 
-from hetplace.api.errors import InvalidObject
-from hetplace.api.load import validate_manifest
-from hetplace.api.models import ComputePool
-from hetplace.controller.inventory import child_view, node_view, workload_view
+from hetplace.controller.inventory import child_view, node_view, pool_view, workload_view
 from hetplace.k8s.client import KubeError
 
 GROUP, VERSION = "hetplace.io", "v1alpha1"
@@ -53,10 +50,7 @@ def make_registry() -> kopf.OperatorRegistry:
     @kopf.index(GROUP, VERSION, "computepools", registry=registry, id="pools")
     def pools(body: kopf.Body, name: str, memo: kopf.Memo, **_: Any) -> dict:
         memo.operator.wake_soon()           # a pool came, went or changed: rebalance now
-        try:
-            return {name: validate_manifest(ComputePool, {k: v for k, v in body.items() if k != "status"})}
-        except InvalidObject as refused:
-            return {name: str(refused)}
+        return {name: pool_view(dict(body))}
 
     @kopf.index("", "v1", "nodes", registry=registry, id="nodes")
     def nodes(body: kopf.Body, name: str, **_: Any) -> dict:

@@ -172,12 +172,32 @@ def with_applied_hash(obj: dict) -> dict:
     return {**obj, "metadata": meta}
 
 
+@dataclass(frozen=True)
+class PoolView:
+    """One ComputePool as indexed: the validated object (None when refused, with the problem)."""
+
+    name: str
+    generation: int
+    valid: ComputePool | None
+    problem: str
+    status: Mapping[str, Any]
+
+
+def pool_view(body: Mapping[str, Any]) -> PoolView:
+    meta = body.get("metadata", {})
+    try:
+        valid, problem = validate_manifest(ComputePool, {k: v for k, v in body.items() if k != "status"}), ""
+    except InvalidObject as refused:
+        valid, problem = None, str(refused)
+    return PoolView(meta.get("name", ""), int(meta.get("generation") or 1), valid, problem, body.get("status") or {})
+
+
 @dataclass
 class Picture:
     """The cluster as the operator last saw it (the kopf indexes' content), read by one decision."""
 
-    pools: Mapping[str, ComputePool] = field(default_factory=dict)
-    pool_problems: Mapping[str, str] = field(default_factory=dict)
+    pools: Mapping[str, ComputePool] = field(default_factory=dict)      # the valid ones
+    pool_views: Mapping[str, PoolView] = field(default_factory=dict)    # all, refused ones too
     nodes: tuple[NodeView, ...] = ()
     workloads: Mapping[str, WorkloadView] = field(default_factory=dict)
     children: Mapping[str, tuple[Child, ...]] = field(default_factory=dict)

@@ -223,7 +223,10 @@ def _refused(view: WorkloadView, choice: Choice, telemetry: Telemetry, now: date
 
 
 def _changed(view: WorkloadView, status: dict) -> dict | None:
+    return status_patch(view.body.get("status") or {}, status)
+
+
+def status_patch(before: Mapping, status: dict) -> dict | None:
     """The merge patch from the status stored to `status` (null removes a field), or None when equal."""
-    before = view.body.get("status") or {}
     patch = {**{k: None for k in before if k not in status}, **status}
     return None if all(before.get(k) == v for k, v in patch.items()) else patch

@@ -14,16 +14,29 @@ from datetime import datetime, timezone
 from typing import Any, Callable, Mapping
 
 from hetplace.config import Settings
-from hetplace.controller.inventory import Child, Picture, WorkloadView, child_view, workload_view
+from hetplace.api.status import ComputePoolStatus
+from hetplace.controller.inventory import Child, Picture, WorkloadView, live_pool, workload_view
 from hetplace.controller.leader import is_leader
 from hetplace.controller.moves import GroupKey
-from hetplace.controller.reconcile import Choice, Outcome, Telemetry, choose, converge, engine_workload, snapshot_for
+from hetplace.controller.reconcile import (
+    Choice,
+    Outcome,
+    Telemetry,
+    choose,
+    converge,
+    engine_workload,
+    snapshot_for,
+    status_patch,
+)
+from hetplace.engine.from_api import node_cost_per_hour
+from hetplace.engine.snapshot import Resources
+from hetplace.engine.usage import taken_by
 from hetplace.engine.decision import Decision
 from hetplace.engine.observed import correction_factor
 from hetplace.telemetry.prometheus import GroupRef, ServiceTimeTelemetry
 from hetplace.engine.rebalance import Running, plan_moves
 from hetplace.k8s.client import Kube, KubeError
-from hetplace.k8s.status import Observed
+from hetplace.k8s.status import Observed, pool_status
 from hetplace.metrics import OperatorMetrics
 from hetplace.render.names import group_name
 
@@ -66,11 +79,12 @@ class Operator:
         def values(name: str):
             index = self.indices.get(name) or {}
             return [v for store in index.values() for v in store]
-        pools = {p.name: p for p in values("pools") if not isinstance(p, str)}
+        pool_views = {p.name: p for p in values("pools")}
+        pools = {name: p.valid for name, p in pool_views.items() if p.valid is not None}
         children: dict[str, list[Child]] = {}
         for c in (*values("deployments"), *values("services"), *values("configmaps")):
             children.setdefault(c.workload, []).append(c)
-        return Picture(pools=pools, nodes=tuple(values("nodes")),
+        return Picture(pools=pools, pool_views=pool_views, nodes=tuple(values("nodes")),
                        workloads={v.key: v for v in values("workloads")},
                        children={k: tuple(v) for k, v in children.items()})
 
@@ -156,10 +170,43 @@ class Operator:
         if view is not None and _in_progress(view):
             await self._safely(view.body)
 
+    def publish_pools(self, picture: Picture) -> None:
+        """Each ComputePool's status (validity, ready nodes, capacity, what hetplace placed) and the
+        utilisation metric; written only when it changed."""
+        allocated: dict[str, Resources] = {}
+        for view in picture.workloads.values():
+            if view.valid is not None and view.running is not None:
+                for pool, used in taken_by(engine_workload(view, self.telemetry), view.running)[0].items():
+                    allocated[pool] = allocated.get(pool, Resources()).plus(used)
+        now = self.clock()
+        for name, view in picture.pool_views.items():
+            live = live_pool(view.valid, picture.nodes) if view.valid is not None else None
+            matching = sum(1 for n in picture.nodes if view.valid is not None and all(
+                n.labels.get(k) == v for k, v in view.valid.spec.node_selector.items()))
+            previous = _pool_status(view.status)
+            status = pool_status(view.generation, live, matching, allocated.get(name, Resources()),
+                                 node_cost_per_hour(view.valid.spec) if view.valid else None, view.problem, now,
+                                 previous).wire()
+            if live is not None:
+                used = allocated.get(name, Resources())
+                for resource, have, taken in (("cpu", live.capacity.cpu_cores, used.cpu_cores),
+                                              ("memory", live.capacity.memory_bytes, used.memory_bytes),
+                                              ("accelerators", live.capacity.accelerators, used.accelerators)):
+                    if have:
+                        self.metrics.pool_utilization.labels(name, resource).set(taken / have)
+            patch = status_patch(view.status, status)
+            if patch is None:
+                continue
+            self.kube.patch_status(API_VERSION, "ComputePool", None, name, patch)
+            if view.valid is None and not (previous and any(c.message == view.problem for c in previous.conditions)):
+                self.kube.event({"apiVersion": API_VERSION, "kind": "ComputePool", "metadata": {"name": name}},
+                                "Warning", "InvalidSpec", view.problem, now.isoformat().replace("+00:00", "Z"))
+
     async def rebalance(self) -> None:
         """Telemetry -> global solve -> hysteresis -> bounded moves (DESIGN §4)."""
         await asyncio.to_thread(self.read_telemetry)
         picture = self.picture()
+        await asyncio.to_thread(self.publish_pools, picture)
         valid = [v for v in picture.workloads.values() if v.valid is not None and v.migration_target is None]
         if not valid:
             return
@@ -236,6 +283,13 @@ class Operator:
                 await asyncio.wait_for(self.wake.wait(), timeout=self.settings.move_poll_seconds)
             except asyncio.TimeoutError:
                 pass
+
+
+def _pool_status(raw: Mapping[str, Any]) -> ComputePoolStatus | None:
+    try:
+        return ComputePoolStatus.model_validate(raw) if raw else None
+    except ValueError:
+        return None
 
 
 def _in_progress(view: WorkloadView) -> bool:

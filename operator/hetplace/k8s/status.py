@@ -10,16 +10,19 @@ from datetime import datetime
 
 from hetplace.api.status import (
     MAX_REJECTED,
+    ComputePoolStatus,
     Condition,
     Decision as DecisionStatus,
     InferenceWorkloadStatus,
     Migration,
     Phase,
     PlacementStatus,
+    PoolResources,
     Rejection,
     RouteStatus,
 )
 from hetplace.engine.decision import Decision
+from hetplace.engine.snapshot import Pool, Resources
 from hetplace.render.names import group_name
 
 CONDITION_TYPES = ("Valid", "Placed", "SLOMet", "TelemetryFresh", "Ready")
@@ -40,18 +43,7 @@ def workload_status(name: str, generation: int, decision: Decision | None, phase
                     move_started: datetime | None = None) -> InferenceWorkloadStatus:
     """`decision` is what runs (None when nothing does); `observed` gives each condition type;
     `moving_to` the placement being brought up since `move_started`, while a move is under way."""
-    unknown = set(observed) - set(CONDITION_TYPES)
-    if unknown:
-        raise ValueError(f"unknown condition types {sorted(unknown)}; known: {', '.join(CONDITION_TYPES)}")
-    before = {c.type: c for c in (previous.conditions if previous else [])}
-    conditions = []
-    for kind in CONDITION_TYPES:
-        seen = observed.get(kind, Observed(None, "NotObserved", "not observed yet"))
-        status = "Unknown" if seen.status is None else ("True" if seen.status else "False")
-        earlier = before.get(kind)
-        since = earlier.last_transition_time if earlier is not None and earlier.status == status else now
-        conditions.append(Condition(type=kind, status=status, reason=seen.reason, message=seen.message[:32768],
-                                    last_transition_time=since, observed_generation=generation))
+    conditions = conditions_of(CONDITION_TYPES, observed, previous.conditions if previous else [], generation, now)
     running = decision if decision is not None and decision.feasible else None
     placements = placements_of(name, running)
     return InferenceWorkloadStatus(
@@ -65,6 +57,56 @@ def workload_status(name: str, generation: int, decision: Decision | None, phase
         rejected=[Rejection(pool=r.pool, variant=r.variant, reason=f"{r.filter}: {r.reason}")
                   for r in (decision.rejected if decision is not None else ())][:MAX_REJECTED],
     )
+
+
+def conditions_of(kinds: tuple[str, ...], observed: dict[str, Observed], previous: list[Condition], generation: int,
+                  now: datetime) -> list[Condition]:
+    """metav1 conditions of `kinds`; each keeps its lastTransitionTime while its status stays."""
+    unknown = set(observed) - set(kinds)
+    if unknown:
+        raise ValueError(f"unknown condition types {sorted(unknown)}; known: {', '.join(kinds)}")
+    before = {c.type: c for c in previous}
+    conditions = []
+    for kind in kinds:
+        seen = observed.get(kind, Observed(None, "NotObserved", "not observed yet"))
+        status = "Unknown" if seen.status is None else ("True" if seen.status else "False")
+        earlier = before.get(kind)
+        since = earlier.last_transition_time if earlier is not None and earlier.status == status else now
+        conditions.append(Condition(type=kind, status=status, reason=seen.reason, message=seen.message[:32768],
+                                    last_transition_time=since, observed_generation=generation))
+    return conditions
+
+
+POOL_CONDITION_TYPES = ("Valid", "Ready")
+
+
+def pool_status(generation: int, pool: Pool | None, nodes_matching: int, allocated: Resources, node_cost_per_hour:
+                float | None, problem: str, now: datetime, previous: ComputePoolStatus | None) -> ComputePoolStatus:
+    """A ComputePool's status: whether its spec was accepted, its ready nodes and capacity (the
+    declared shape when no node matches its nodeSelector), and what hetplace placed on it."""
+    if pool is None:
+        observed = {"Valid": Observed(False, "InvalidSpec", problem)}
+        return ComputePoolStatus(observed_generation=generation, conditions=conditions_of(
+            POOL_CONDITION_TYPES, observed, previous.conditions if previous else [], generation, now))
+    if pool.down:
+        ready = Observed(False, "NoReadyNodes", f"{nodes_matching} nodes match nodeSelector, none is Ready")
+    elif nodes_matching:
+        ready = Observed(True, "NodesReady", f"{pool.node_count} of {nodes_matching} matching nodes Ready")
+    else:
+        ready = Observed(True, "DeclaredShape", "no node matches nodeSelector: planning with spec.nodes")
+    observed = {"Valid": Observed(True, "Valid", "spec accepted"), "Ready": ready}
+    return ComputePoolStatus(
+        observed_generation=generation,
+        conditions=conditions_of(POOL_CONDITION_TYPES, observed, previous.conditions if previous else [],
+                                 generation, now),
+        nodes_ready=0 if pool.down else pool.node_count,
+        capacity=_amount(pool.capacity if not pool.down else Resources()),
+        allocated=_amount(allocated),
+        node_cost_per_hour=round(node_cost_per_hour, 6) if node_cost_per_hour is not None else None)
+
+
+def _amount(r: Resources) -> PoolResources:
+    return PoolResources(cpu=f"{round(r.cpu_cores * 1000)}m", memory=str(int(r.memory_bytes)), accelerators=r.accelerators)
 
 
 def placements_of(name: str, decision: Decision | None) -> list[PlacementStatus]:
