@@ -259,3 +259,18 @@ def peer(priority: int, seen: datetime, lifetime: int = 60) -> dict:
 ])
 def test_the_leader_is_the_instance_kopf_leaves_running(peers, leads):
     assert is_leader(peers, "me", peers.get("me", {}).get("priority", 10), T0) is leads
+
+
+def test_a_removed_pool_is_left_only_once_its_replacement_is_ready():
+    cluster = placed_cluster()
+    old = "defect-detector-cpu-cloud-eu-openvino-int8"
+    del cluster.pools["cpu-cloud-eu"]
+    cluster.unavailable.update({"defect-detector-gpu-cloud-eu-trt-fp16", "defect-detector-arm-factory-eu-1-trt-int8-orin"})
+    moving = cluster.cycle(T0 + timedelta(minutes=1))
+    assert old in deployments(cluster) and moving.delete == ()
+    assert cluster.body["status"]["phase"] == "Migrating"
+    assert all(o["metadata"]["name"] != old for o in moving.apply), "a group on a removed pool is left as it runs"
+    cluster.unavailable.clear()
+    cluster.cycle(T0 + timedelta(minutes=2))
+    assert old not in deployments(cluster) and cluster.body["status"]["phase"] == "Placed"
+    assert "cpu-cloud-eu" not in [p["pool"] for p in cluster.body["status"]["placements"]]

@@ -24,7 +24,8 @@ from hetplace.engine.observed import LinkObservation, with_links
 from hetplace.engine.snapshot import Snapshot, Workload
 from hetplace.engine.usage import Ledger
 from hetplace.k8s.status import Observed, workload_status
-from hetplace.render.triton import render_decision
+from hetplace.render.names import group_name
+from hetplace.render.triton import render_decision, routes_configmap
 
 Verdict = Literal["invalid", "infeasible", "keep", "move"]
 
@@ -121,7 +122,7 @@ def converge(view: WorkloadView, choice: Choice, picture: Picture, telemetry: Te
     if choice.verdict in ("invalid", "infeasible"):
         return _refused(view, choice, telemetry, now)
     workload = view.valid
-    running = view.running if view.running is not None and _on(view.running, set(picture.pools)) else None
+    running = view.running
     if choice.verdict == "keep" or dry_run:
         step = Step(_sizes(choice.target), (), choice.target, "Placed", "DryRun" if dry_run else "Placed",
                     "dry-run: decided, nothing created" if dry_run else "placement unchanged", finished=True)
@@ -129,16 +130,19 @@ def converge(view: WorkloadView, choice: Choice, picture: Picture, telemetry: Te
         started = choice.started or now
         step = advance(InFlight(running, choice.target, started.timestamp(), move_timeout_s), ready, now.timestamp())
     groups = _groups_to_run(step, choice.target, running)
-    rendered = render_decision(workload, picture.pools, dataclasses.replace(choice.target, groups=groups),
-                               default_image=image)
-    routes = render_decision(workload, picture.pools, step.routes, default_image=image).routes
+    # a group on a pool that is gone from the API keeps running as it is until the move completes
+    orphaned = {group_name(workload.metadata.name, g.pool, g.variant) for g in groups if g.pool not in picture.pools}
+    rendered = render_decision(workload, picture.pools, dataclasses.replace(
+        choice.target, groups=tuple(g for g in groups if g.pool in picture.pools)), default_image=image)
+    routes = routes_configmap(workload, step.routes)
     desired = [with_applied_hash(o) for o in (*rendered.deployments, *rendered.services, routes)]
     owned = {(c.kind, c.name): c for c in picture.children.get(view.key, ())}
     apply = tuple(o for o in desired
                   if owned.get((o["kind"], o["metadata"]["name"])) is None
                   or owned[(o["kind"], o["metadata"]["name"])].applied_hash
                   != o["metadata"]["annotations"]["hetplace.io/applied-hash"])
-    wanted = {(o["kind"], o["metadata"]["name"]) for o in desired}
+    wanted = {(o["kind"], o["metadata"]["name"]) for o in desired} | {
+        (kind, name) for name in orphaned for kind in ("Deployment", "Service")}
     delete = tuple(c for key, c in sorted(owned.items()) if key not in wanted)
     if dry_run:
         apply, delete = (), ()
