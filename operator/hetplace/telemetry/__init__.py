@@ -1,1 +1,1 @@
-"""The only network reads besides the Kubernetes API: Prometheus (and, later, tritonclient) -> observations."""
+"""The only network reads besides the Kubernetes API: Prometheus and Triton (tritonclient) -> observations and verdicts."""

@@ -79,7 +79,7 @@ def triton_endpoint(service: str, namespace: str, *, protocol: Protocol = "http"
                     template: str = DEFAULT_ENDPOINT_TEMPLATE) -> str:
     """`host:port` of a group's Service: the template with {service}, {namespace} and the protocol's {port}.
 
-    The template comes from the operator's settings; tests point it at `127.0.0.1:{port}` or a fixed address.
+    The template comes from the operator's settings; tests point it at a fixed `127.0.0.1:PORT`.
     """
     return check_endpoint_template(template).format(service=service, namespace=namespace, port=PORTS[protocol])
 
@@ -87,10 +87,13 @@ def triton_endpoint(service: str, namespace: str, *, protocol: Protocol = "http"
 def check_endpoint_template(template: str) -> str:
     """The template unchanged, or ValueError naming the placeholder that is not one of ENDPOINT_PLACEHOLDERS."""
     try:
-        filled = template.format(**{key: "x" for key in ENDPOINT_PLACEHOLDERS})
-    except (KeyError, IndexError, ValueError) as bad:
-        raise ValueError(f"endpoint template {template!r}: {bad!r} is not one of the placeholders "
+        filled = template.format(service="x", namespace="x", port=HTTP_PORT)
+    except KeyError as unknown:
+        raise ValueError(f"endpoint template {template!r}: {{{unknown.args[0]}}} is not one of the placeholders "
                          f"{list(ENDPOINT_PLACEHOLDERS)}") from None
+    except (IndexError, ValueError) as bad:     # "{0}", a lone brace
+        raise ValueError(f"endpoint template {template!r}: {bad} (the placeholders are "
+                         f"{list(ENDPOINT_PLACEHOLDERS)}; write a literal brace as {{{{ or }}}})") from None
     if "://" in filled or not filled.strip():
         raise ValueError(f"endpoint template {template!r} must give host:port, without a scheme")
     return template
