@@ -11,6 +11,8 @@ import re
 from pydantic import Field, HttpUrl, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from hetplace.telemetry.triton import DEFAULT_ENDPOINT_TEMPLATE, check_endpoint_template
+
 # Triton's own metrics (DESIGN §4); {namespace}, {workload}, {pool}, {variant}, {site} are filled in.
 DEFAULT_QUERIES = {
     "request_duration_us": 'sum(rate(nv_inference_request_duration_us{{namespace="{namespace}",'
@@ -45,8 +47,8 @@ class Settings(BaseSettings):
     """A move whose new group is not ready by then goes back to the old placement."""
     move_poll_seconds: float = Field(default=5, ge=0.05, le=600)
     """How often moves under way are checked for readiness (a Deployment change checks at once)."""
-    triton_endpoint: str = Field(default="{service}.{namespace}.svc:8000", min_length=1)
-    """Where tritonclient reaches a group's Triton HTTP port; {service} and {namespace} are filled in."""
+    triton_endpoint: str = Field(default=DEFAULT_ENDPOINT_TEMPLATE, min_length=1)
+    """Where tritonclient reaches a group's Triton HTTP port; {service}, {namespace} and {port} are filled in."""
     probe_models: bool = True
     """Check through tritonclient that the model is ready before routes switch to a new group."""
     watch_namespaces: list[str] = Field(default_factory=list)
@@ -70,6 +72,11 @@ class Settings(BaseSettings):
                 raise ValueError(f"query {name!r}: {bad!r} is not one of the placeholders "
                                  f"{sorted(PLACEHOLDERS)} (write literal braces as {{{{ }}}})") from None
         return merged
+
+    @field_validator("triton_endpoint")
+    @classmethod
+    def _endpoint_template(cls, template: str) -> str:
+        return check_endpoint_template(template)
 
     @field_validator("watch_namespaces")
     @classmethod

@@ -18,6 +18,7 @@ from hetplace.controller.handlers import make_registry
 from hetplace.controller.runtime import Operator
 from hetplace.k8s.client import Kube
 from hetplace.metrics import OperatorMetrics
+from hetplace.telemetry.triton import probe_model
 from hetplace.telemetry.prometheus import LinkTelemetry, PrometheusClient, ServiceTimeTelemetry
 
 log = logging.getLogger("hetplace")
@@ -37,16 +38,8 @@ def build_operator(settings: Settings, *, identity: str, priority: int, standalo
                                        time.time)
         service_telemetry = ServiceTimeTelemetry(prometheus, settings.queries)
     return Operator(settings, Kube.from_environment(), OperatorMetrics(), identity=identity, priority=priority,
-                    standalone=standalone, probe=_model_probe(), link_telemetry=link_telemetry,
+                    standalone=standalone, probe=probe_model, link_telemetry=link_telemetry,
                     service_telemetry=service_telemetry)
-
-
-def _model_probe():
-    try:
-        from hetplace.telemetry.triton import probe_model
-    except ImportError:       # the probe module lands separately; without it, Deployment availability decides
-        return None
-    return probe_model
 
 
 def run(settings: Settings, *, priority: int | None = None, standalone: bool = False,

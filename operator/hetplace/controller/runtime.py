@@ -34,6 +34,7 @@ from hetplace.engine.usage import taken_by
 from hetplace.engine.decision import Decision
 from hetplace.engine.observed import correction_factor
 from hetplace.telemetry.prometheus import GroupRef, ServiceTimeTelemetry
+from hetplace.telemetry.triton import triton_endpoint
 from hetplace.engine.rebalance import Running, plan_moves
 from hetplace.k8s.client import Kube, KubeError
 from hetplace.k8s.status import Observed, pool_status
@@ -123,7 +124,7 @@ class Operator:
         if self.probe is not None and self.settings.probe_models:
             model = view.valid.spec.model.name
             for key in [k for k, ok in ready.items() if ok]:
-                endpoint = self.settings.triton_endpoint.format(service=group_name(name, *key), namespace=namespace)
+                endpoint = triton_endpoint(group_name(name, *key), namespace, template=self.settings.triton_endpoint)
                 verdict = await asyncio.to_thread(self.probe, endpoint, model, 2.0)
                 ready[key] = bool(verdict.ready)
         return ready
