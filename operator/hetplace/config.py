@@ -40,7 +40,7 @@ class Settings(BaseSettings):
     """PromQL templates by name (JSON in HETPLACE_QUERIES); missing names keep their default."""
     telemetry_interval_seconds: float = Field(default=30, ge=1, le=3600)
     telemetry_stale_after_seconds: float = Field(default=300, ge=1, le=86400)
-    rebalance_interval_seconds: float = Field(default=60, ge=5, le=86400)
+    rebalance_interval_seconds: float = Field(default=60, ge=1, le=86400)
     max_moves_per_cycle: int = Field(default=10, ge=0, le=1000)
     solver_time_limit_seconds: float = Field(default=10, gt=0, le=600)
     move_timeout_seconds: float = Field(default=600, ge=10, le=86400)
@@ -54,6 +54,10 @@ class Settings(BaseSettings):
     watch_namespaces: list[str] = Field(default_factory=list)
     """Empty: every namespace (cluster-wide)."""
     peering_name: str = Field(default="hetplace", pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=63)
+    peering_lifetime_seconds: int = Field(default=60, ge=1, le=3600)
+    """How long a silent peer counts as alive: a killed leader is replaced after this."""
+    watch_timeout_seconds: float = Field(default=300, ge=1, le=3600)
+    """Watch requests end after this and are reopened (the API server's own limit may be lower)."""
     dry_run: bool = False
     """Decide and report in status and Events, but create, change and delete nothing."""
     metrics_port: int = Field(default=8080, ge=1, le=65535)

@@ -40,6 +40,8 @@ class OperatorMetrics:
                                    ["source"], registry=r)
         self.infeasible = Gauge("hetplace_infeasible_workloads", "Workloads with no placement that meets their spec.",
                                 registry=r)
+        self.leader = Gauge("hetplace_leader", "1 while this instance runs the rebalance loop (kopf peering).",
+                            registry=r)
         self._routes: dict[tuple[str, str], set[tuple[str, ...]]] = {}
         for outcome in DECISION_OUTCOMES:      # present from the start, at 0, so rates work at once
             self.decisions.labels(outcome)

@@ -11,6 +11,7 @@ from typing import Any
 
 import kopf
 
+from hetplace.config import Settings
 from hetplace.controller.inventory import child_view, node_view, pool_view, workload_view
 from hetplace.k8s.client import KubeError
 
@@ -20,20 +21,32 @@ KOPF_PREFIX = "hetplace.io"
 log = logging.getLogger("hetplace")
 
 
+def kopf_settings(settings: Settings) -> kopf.OperatorSettings:
+    """kopf's settings for hetplace."""
+    kopf_settings = kopf.OperatorSettings()
+    # handler state and the last handled spec live in annotations: status is hetplace's own schema
+    kopf_settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=KOPF_PREFIX)
+    kopf_settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=KOPF_PREFIX, key="last-handled-configuration")
+    kopf_settings.posting.enabled = False        # hetplace records its own Events, one per decision
+    kopf_settings.watching.server_timeout = settings.watch_timeout_seconds
+    kopf_settings.watching.client_timeout = settings.watch_timeout_seconds + 10
+    kopf_settings.networking.error_backoffs = [0.5, 1, 2, 5]
+    kopf_settings.peering.lifetime = settings.peering_lifetime_seconds
+    return kopf_settings
+
+
 def make_registry() -> kopf.OperatorRegistry:
     """A registry of hetplace's handlers (its own, so tests can run several operators in one process)."""
     registry = kopf.OperatorRegistry()
 
+    @kopf.on.login(registry=registry, id="login")
+    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        # as the kubernetes client (and k8s.client.Kube) does: the pod's service account, else KUBECONFIG
+        return kopf.login_via_client(**kwargs)
+
     @kopf.on.startup(registry=registry, id="start")
-    async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: Any) -> None:
-        # handler state and the last handled spec live in annotations: status is hetplace's own schema
-        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=KOPF_PREFIX)
-        settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-            prefix=KOPF_PREFIX, key="last-handled-configuration")
-        settings.posting.enabled = False        # hetplace records its own Events, one per decision
-        settings.watching.server_timeout = memo.watch_timeout_s
-        settings.watching.client_timeout = memo.watch_timeout_s + 10
-        settings.networking.error_backoffs = [0.5, 1, 2, 5]
+    async def start(memo: kopf.Memo, **kwargs: Any) -> None:
         operator = memo.operator
         operator.indices = {name: kwargs[name] for name in
                             ("pools", "nodes", "workloads", "deployments", "services", "configmaps")}

@@ -14,7 +14,7 @@ import kopf
 import prometheus_client
 
 from hetplace.config import Settings
-from hetplace.controller.handlers import make_registry
+from hetplace.controller.handlers import kopf_settings, make_registry
 from hetplace.controller.runtime import Operator
 from hetplace.k8s.client import Kube
 from hetplace.metrics import OperatorMetrics
@@ -42,19 +42,31 @@ def build_operator(settings: Settings, *, identity: str, priority: int, standalo
                     service_telemetry=service_telemetry)
 
 
+def ensure_peering(kube: Kube, settings: Settings) -> None:
+    """kopf waits for its peering object; the chart creates it, and so does the operator if it is missing."""
+    namespaced = bool(settings.watch_namespaces)
+    kind = "KopfPeering" if namespaced else "ClusterKopfPeering"
+    namespace = settings.watch_namespaces[0] if namespaced else None
+    if kube.get("kopf.dev/v1", kind, namespace, settings.peering_name) is None:
+        meta = {"name": settings.peering_name, **({"namespace": namespace} if namespace else {})}
+        kube.apply({"apiVersion": "kopf.dev/v1", "kind": kind, "metadata": meta})
+
+
 def run(settings: Settings, *, priority: int | None = None, standalone: bool = False,
-        liveness_endpoint: str | None = None, watch_timeout_s: float = 300) -> None:
+        liveness_endpoint: str | None = None) -> None:
     """Run until SIGINT/SIGTERM. Two instances with one peering name: the higher priority works,
     the other waits (a tie pauses both, so the default priority is random)."""
     identity = own_identity()
     priority = priority if priority is not None else random.randint(1, 1_000_000)
     operator = build_operator(settings, identity=identity, priority=priority, standalone=standalone)
+    if not standalone:
+        ensure_peering(operator.kube, settings)
     server, _ = prometheus_client.start_http_server(settings.metrics_port, settings.metrics_address,
                                                     registry=operator.metrics.registry)
     log.info("hetplace %s (priority %d) serving metrics on :%d", identity, priority, settings.metrics_port)
     try:
         asyncio.run(kopf.operator(
-            registry=make_registry(), memo=kopf.Memo(operator=operator, watch_timeout_s=watch_timeout_s),
+            registry=make_registry(), settings=kopf_settings(settings), memo=kopf.Memo(operator=operator),
             identity=identity,
             priority=priority, standalone=standalone,
             peering_name=None if standalone else settings.peering_name,

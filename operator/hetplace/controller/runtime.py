@@ -269,7 +269,9 @@ class Operator:
         last_rebalance = 0.0
         while not stop.is_set():
             try:
-                if await asyncio.to_thread(self.leading):
+                leading = await asyncio.to_thread(self.leading)
+                self.metrics.leader.set(1 if leading else 0)
+                if leading:
                     await self.progress_moves()
                     due = time.monotonic() - last_rebalance >= self.settings.rebalance_interval_seconds
                     if due or self.wake.is_set():
