@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from test_telemetry_prometheus import free_port, wait_for
+from servers import free_port, wait_for
 
 HERE = Path(__file__).parent
 MLSERVER = HERE.parent / ".venv-mlserver" / "bin" / "mlserver"

@@ -3,14 +3,10 @@ runs, through the operator's PromQL templates; stale and failed reads fall back 
 
 from __future__ import annotations
 
-import shutil
-import socket
-import subprocess
 import time
-import urllib.request
 
 import pytest
-from prometheus_client import CollectorRegistry, Gauge, start_http_server
+from servers import free_port, link_exporter, prometheus, wait_for  # noqa: F401  (fixtures)
 from test_render import FACTORY
 
 from hetplace.api.load import load_manifests
@@ -25,73 +21,6 @@ from hetplace.telemetry.prometheus import (
 )
 
 pytestmark = pytest.mark.integration
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(condition, timeout_s: float = 30.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what}")
-
-
-@pytest.fixture(scope="module")
-def link_exporter():
-    registry = CollectorRegistry()
-    bandwidth = Gauge("hetplace_link_bandwidth_bytes", "Link bandwidth.", ["site", "pool"], registry=registry)
-    rtt = Gauge("hetplace_link_rtt_seconds", "Link RTT.", ["site", "pool"], registry=registry)
-    triton_labels = ["namespace", "hetplace_io_workload", "hetplace_io_pool"]   # as scrape relabelling names them
-    # Triton's counters have no `_total` suffix, which prometheus_client's Counter would add: a Gauge
-    # that only goes up exposes them under Triton's exact names
-    triton = {name: Gauge(name, f"Triton's {name}.", triton_labels, registry=registry)
-              for name in ("nv_inference_request_duration_us", "nv_inference_queue_duration_us",
-                           "nv_inference_request_success")}
-    port = free_port()
-    server, thread = start_http_server(port, addr="127.0.0.1", registry=registry)
-    yield port, bandwidth, rtt, triton
-    server.shutdown()
-    server.server_close()
-    thread.join(timeout=5)
-
-
-@pytest.fixture(scope="module")
-def prometheus(link_exporter, tmp_path_factory):
-    binary = shutil.which("prometheus")
-    if binary is None:
-        pytest.fail("prometheus is missing: `make test` installs Debian's prometheus (make tools)")
-    exporter_port = link_exporter[0]
-    home = tmp_path_factory.mktemp("prometheus")
-    (home / "prometheus.yml").write_text(
-        "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
-        f"scrape_configs: [{{job_name: links, static_configs: [{{targets: ['127.0.0.1:{exporter_port}']}}]}}]\n")
-    port = free_port()
-    process = subprocess.Popen([binary, f"--config.file={home / 'prometheus.yml'}",
-                                f"--storage.tsdb.path={home / 'data'}", f"--web.listen-address=127.0.0.1:{port}"],
-                               stdout=subprocess.DEVNULL, stderr=(home / "prometheus.log").open("w"))
-    url = f"http://127.0.0.1:{port}"
-
-    def ready():
-        try:
-            with urllib.request.urlopen(f"{url}/-/ready", timeout=1) as response:
-                return response.status == 200
-        except OSError:
-            return process.poll() is not None and pytest.fail((home / "prometheus.log").read_text()[-2000:])
-
-    wait_for(ready, 60, "prometheus to be ready")
-    yield url
-    process.terminate()
-    try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        process.kill()
 
 
 def factory_pools():

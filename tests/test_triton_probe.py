@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tritonclient.http as triton_http
 from mlserver_fixture import HELD_BACK, mlserver  # noqa: F401  (the fixture)
-from test_telemetry_prometheus import free_port
+from servers import free_port
 
 from hetplace.telemetry.triton import (
     DEFAULT_ENDPOINT_TEMPLATE,
