@@ -74,5 +74,6 @@ def advance(move: InFlight, ready: Mapping[GroupKey, bool], now_s: float) -> Ste
                     finished=True)
     both = {k: max(old.get(k, 0), new.get(k, 0)) for k in old.keys() | new.keys()}
     return Step(both, (), move.old, "Migrating", "Moving",
-                f"waiting for {_names(not_ready)} to be ready ({waited:.0f} s of {move.timeout_s:g} s); "
+                # no running count of seconds here: status is rewritten only when something changes
+                f"waiting for {_names(not_ready)} to be ready (timeout {move.timeout_s:g} s); "
                 f"routes stay on {_names(old)}", finished=False)

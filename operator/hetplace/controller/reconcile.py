@@ -117,8 +117,8 @@ def _on(decision: Decision, pools: set[str]) -> bool:
 
 def converge(view: WorkloadView, choice: Choice, picture: Picture, telemetry: Telemetry,
              ready: Mapping[GroupKey, bool], now: datetime, *, move_timeout_s: float, image: str,
-             dry_run: bool = False) -> Outcome:
-    """The step a choice leads to now, given which groups are ready."""
+             dry_run: bool = False, waiting: Mapping[GroupKey, str] | None = None) -> Outcome:
+    """The step a choice leads to now, given which groups are ready (and, for those not, why)."""
     if choice.verdict in ("invalid", "infeasible"):
         return _refused(view, choice, telemetry, now)
     workload = view.valid
@@ -157,7 +157,8 @@ def converge(view: WorkloadView, choice: Choice, picture: Picture, telemetry: Te
         "TelemetryFresh": telemetry.fresh,
         "Ready": Observed(False, "DryRun", "dry-run mode creates nothing") if dry_run else
         Observed(all_ready, "Ready" if all_ready else "Waiting",
-                 "every group is available and its model ready" if all_ready else step.message),
+                 "every group is available and its model ready" if all_ready else
+                 "; ".join([step.message, *(f"{p}/{v}: {why}" for (p, v), why in sorted((waiting or {}).items()))])),
     }
     new_decision = view.status is None or view.status.decision is None or (
         view.status.decision.fingerprint != serving.fingerprint())

@@ -104,30 +104,39 @@ class Operator:
             choice = choice or await asyncio.to_thread(choose, view, picture, self.telemetry, now)
             if choice.verdict in ("keep", "move"):
                 self.metrics.decision_duration.observe(time.perf_counter() - started)
-            ready = await self.readiness(view, choice, picture) if choice.verdict in ("keep", "move") else {}
-            outcome = converge(view, choice, picture, self.telemetry, ready, now,
+            ready, why = (await self.readiness(view, choice, picture) if choice.verdict in ("keep", "move")
+                          else ({}, {}))
+            outcome = converge(view, choice, picture, self.telemetry, ready, now, waiting=why,
                                move_timeout_s=self.settings.move_timeout_seconds, image=self.settings.triton_image,
                                dry_run=self.settings.dry_run)
             await asyncio.to_thread(self.execute, view, outcome)
             return outcome
 
-    async def readiness(self, view: WorkloadView, choice: Choice, picture: Picture) -> dict[GroupKey, bool]:
-        """A group is ready when its Deployment is available and (with probing on) its model answers ready."""
+    async def readiness(self, view: WorkloadView, choice: Choice,
+                        picture: Picture) -> tuple[dict[GroupKey, bool], dict[GroupKey, str]]:
+        """A group is ready when its Deployment is available and (with probing on) its model answers
+        ready through tritonclient; for each one that is not, why."""
         if choice.target is None or view.valid is None:
-            return {}
+            return {}, {}
         name, namespace = view.valid.metadata.name, view.valid.metadata.namespace or "default"
         owned = {c.name: c for c in picture.children.get(view.key, ()) if c.kind == "Deployment"}
         ready: dict[GroupKey, bool] = {}
+        why: dict[GroupKey, str] = {}
         for g in choice.target.groups:
             deployment = owned.get(group_name(name, g.pool, g.variant))
             ready[(g.pool, g.variant)] = deployment is not None and deployment.available
+            if not ready[(g.pool, g.variant)]:
+                why[(g.pool, g.variant)] = (f"Deployment {group_name(name, g.pool, g.variant)} "
+                                            f"{'not created yet' if deployment is None else 'not available yet'}")
         if self.probe is not None and self.settings.probe_models:
             model = view.valid.spec.model.name
             for key in [k for k, ok in ready.items() if ok]:
                 endpoint = triton_endpoint(group_name(name, *key), namespace, template=self.settings.triton_endpoint)
                 verdict = await asyncio.to_thread(self.probe, endpoint, model, 2.0)
                 ready[key] = bool(verdict.ready)
-        return ready
+                if not verdict.ready:
+                    why[key] = f"{verdict.reason}: {verdict.message}"
+        return ready, why
 
     def execute(self, view: WorkloadView, outcome: Outcome) -> None:
         """Apply what changed, prune what is no longer wanted, write status, record Events."""
