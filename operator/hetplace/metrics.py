@@ -40,6 +40,8 @@ class OperatorMetrics:
                                    ["source"], registry=r)
         self.infeasible = Gauge("hetplace_infeasible_workloads", "Workloads with no placement that meets their spec.",
                                 registry=r)
+        self.rebalance_cycles = Counter("hetplace_rebalance_cycles", "Rebalance cycles this instance ran as leader.",
+                                        registry=r)
         self.leader = Gauge("hetplace_leader", "1 while this instance runs the rebalance loop (kopf peering).",
                             registry=r)
         self._routes: dict[tuple[str, str], set[tuple[str, ...]]] = {}

@@ -287,6 +287,7 @@ class Operator:
                         self.wake.clear()
                         last_rebalance = time.monotonic()
                         await self.rebalance()
+                        self.metrics.rebalance_cycles.inc()
             except KubeError as failed:
                 log.warning("rebalance cycle: %s", failed)
             except Exception:          # the loop must outlive one bad cycle; the traceback says what broke

@@ -1,0 +1,323 @@
+"""The real operator (`hetplace run`, a subprocess) against the Kubernetes API: the emulator of
+tests/kube/ by default, or the test cluster named by HETPLACE_TEST_KUBECONFIG (whose current context
+must be the test one; tests that need the emulator's faults, holds or request log are skipped there).
+
+Each test applies the factory example (DESIGN §3) as a user would and waits, by polling with a
+deadline, for what a user would see: status, Events and the objects hetplace owns. Model readiness
+goes through tritonclient to MLServer (a real KServe-V2 server, a subprocess); link bandwidth comes
+from Debian's Prometheus scraping an exporter the test sets.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+from kube.fixtures import kube  # noqa: F401  (fixture)
+from mlserver_fixture import mlserver  # noqa: F401  (fixture)
+from prometheus_client.parser import text_string_to_metric_families
+from servers import free_port, link_exporter, prometheus  # noqa: F401  (fixtures)
+
+REPO = Path(__file__).resolve().parents[1]
+FACTORY = REPO / "manifests" / "examples" / "factory"
+IW = ("hetplace.io/v1alpha1", "InferenceWorkload")
+POOL = ("hetplace.io/v1alpha1", "ComputePool")
+NS = "factory"
+NAME = "defect-detector"
+CPU_GROUP = "defect-detector-cpu-cloud-eu-openvino-int8"
+GPU_GROUP = "defect-detector-gpu-cloud-eu-trt-fp16"
+ARM_GROUP = "defect-detector-arm-factory-eu-1-trt-int8-orin"
+pytestmark = pytest.mark.integration
+
+
+class OperatorProcess:
+    """`python -m hetplace run` logged in through the cluster's kubeconfig, with short intervals."""
+
+    def __init__(self, cluster, home: Path, priority: int = 10, **settings: str) -> None:
+        self.metrics_port, self.liveness_port = free_port(), free_port()
+        self.log_path = home / f"operator-{priority}-{self.metrics_port}.log"
+        env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig_path),
+               "HETPLACE_METRICS_PORT": str(self.metrics_port), "HETPLACE_METRICS_ADDRESS": "127.0.0.1",
+               "HETPLACE_MOVE_POLL_SECONDS": "0.3", "HETPLACE_REBALANCE_INTERVAL_SECONDS": "1",
+               "HETPLACE_PEERING_LIFETIME_SECONDS": "3", "HETPLACE_WATCH_TIMEOUT_SECONDS": "30",
+               "HETPLACE_PROBE_MODELS": "false", "HETPLACE_SOLVER_TIME_LIMIT_SECONDS": "5",
+               **{f"HETPLACE_{k.upper()}": v for k, v in settings.items()}}
+        with self.log_path.open("w") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "hetplace", "run", "--priority", str(priority),
+                 "--liveness", f"http://127.0.0.1:{self.liveness_port}/healthz"],
+                env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+    def log(self) -> str:
+        return self.log_path.read_text()[-4000:]
+
+    def metric(self, name: str, **labels: str) -> float | None:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=2) as response:
+                text = response.read().decode()
+        except OSError:
+            return None
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                    return sample.value
+        return None
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+
+
+@pytest.fixture
+def start_operator(kube, tmp_path):  # noqa: F811
+    started: list[OperatorProcess] = []
+
+    def start(priority: int = 10, **settings: str) -> OperatorProcess:
+        operator = OperatorProcess(kube, tmp_path, priority, **settings)
+        started.append(operator)
+        return operator
+
+    yield start
+    for operator in started:
+        operator.stop()
+
+
+# --- the factory example, applied as a user would ---------------------------------------------------
+
+def factory_pools(only: tuple[str, ...] | None = None) -> list[dict]:
+    pools = [yaml.safe_load(p.read_text()) for p in sorted((FACTORY / "pools").glob("*.yaml"))]
+    return [p for p in pools if only is None or p["metadata"]["name"] in only]
+
+
+def apply_factory(cluster, pools: tuple[str, ...] | None = None, **spec_changes) -> dict:
+    cluster.create_namespace(NS)
+    for pool in factory_pools(pools):
+        cluster.create(pool)
+    workload = yaml.safe_load((FACTORY / "workload.yaml").read_text())
+    workload["spec"].update(spec_changes)
+    return cluster.create(workload)
+
+
+def workload(cluster) -> dict:
+    return cluster.get(*IW, NAME, NS)
+
+
+def condition(obj: dict, kind: str) -> dict:
+    return next((c for c in (obj.get("status") or {}).get("conditions", []) if c["type"] == kind), {})
+
+
+def group_names(cluster, kind: str = "Deployment") -> list[str]:
+    return sorted(o["metadata"]["name"] for o in cluster.list("apps/v1" if kind == "Deployment" else "v1", kind, NS)
+                  if kind != "ConfigMap" or o["metadata"]["name"].startswith(NAME))
+
+
+def pools_placed(cluster) -> list[str]:
+    return sorted(p["pool"] for p in (workload(cluster).get("status") or {}).get("placements", []))
+
+
+def ready_on(pools: list[str]):
+    """A predicate: the workload serves from exactly `pools`, decided for its generation, and Ready."""
+    def check(cluster) -> bool:
+        w = workload(cluster)
+        status = w.get("status") or {}
+        return (status.get("observedGeneration") == w["metadata"]["generation"] and status.get("phase") == "Placed"
+                and condition(w, "Ready").get("status") == "True" and pools_placed(cluster) == pools)
+    return check
+
+
+def wait(cluster, predicate, operator: OperatorProcess, timeout_s: float = 30, what: str = ""):
+    try:
+        return cluster.wait_for(lambda: predicate(cluster), timeout_s, 0.1, what)
+    except AssertionError as timed_out:
+        w = workload(cluster)
+        raise AssertionError(f"{timed_out}\nstatus: {json.dumps((w or {}).get('status'), indent=1)[:3000]}\n"
+                             f"operator log:\n{operator.log()}") from None
+
+
+def event_reasons(cluster) -> list[str]:
+    return [e["reason"] for e in cluster.list("v1", "Event", NS)
+            if e.get("involvedObject", {}).get("name") == NAME]
+
+
+def routes(cluster) -> dict:
+    cm = cluster.get("v1", "ConfigMap", f"{NAME}-routes", NS)
+    return {site: json.loads(route) for site, route in cm["data"].items()}
+
+
+# --- tests ------------------------------------------------------------------------------------------
+
+def test_a_workload_is_placed_deployed_and_ready_through_tritonclient(kube, start_operator, mlserver):  # noqa: F811
+    operator = start_operator(probe_models="true", triton_endpoint=mlserver.http)
+    created = apply_factory(kube)
+    wait(kube, ready_on(["cpu-cloud-eu"]), operator, what="placed on the CPU pool and Ready")
+
+    (deployment,) = kube.list("apps/v1", "Deployment", NS)
+    pod = deployment["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert deployment["metadata"]["name"] == CPU_GROUP and deployment["spec"]["replicas"] == 3
+    assert pod["nodeSelector"] == {"hetplace.io/pool": "cpu-cloud-eu"}
+    assert container["resources"]["requests"] == {"cpu": "4", "memory": "4Gi"}
+    assert "--model-control-mode=explicit" in container["args"] and "--load-model=defect-detector" in container["args"]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    assert deployment["metadata"]["ownerReferences"][0]["uid"] == created["metadata"]["uid"]
+    assert deployment["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "hetplace"
+    assert group_names(kube, "Service") == [CPU_GROUP]
+    assert {site: r["pool"] for site, r in routes(kube).items()} == {"cloud-eu": "cpu-cloud-eu",
+                                                                     "factory-eu-1": "cpu-cloud-eu"}
+    status = workload(kube)["status"]
+    assert status["costPerHour"] == pytest.approx(0.534)
+    assert status["placements"][0]["deployment"] == CPU_GROUP
+    assert condition(workload(kube), "Valid")["status"] == "True"
+    assert "Placing" in event_reasons(kube)
+    assert operator.metric("hetplace_decisions_total", outcome="placed") >= 1
+
+
+def test_a_model_the_server_does_not_have_is_never_ready(kube, start_operator, mlserver):  # noqa: F811
+    operator = start_operator(probe_models="true", triton_endpoint=mlserver.http)
+    apply_factory(kube, model={"name": "no-such-model", "repository": "s3://models/none"})
+    w = wait(kube, lambda c: "ModelNotReady" in condition(workload(c), "Ready").get("message", "") and workload(c),
+             operator, what="Ready=False with the probe's reason")
+    assert condition(w, "Ready")["status"] == "False" and "no-such-model" in condition(w, "Ready")["message"]
+
+
+def test_a_spec_update_replans_make_before_break(kube, start_operator):  # noqa: F811
+    operator = start_operator()
+    apply_factory(kube)
+    wait(kube, ready_on(["cpu-cloud-eu"]), operator)
+    kube.patch(*IW, NAME, {"spec": {"constraints": {"pools": ["gpu-cloud-eu"]}}}, NS)
+    wait(kube, ready_on(["gpu-cloud-eu"]), operator, what="moved to the GPU pool")
+    assert group_names(kube) == [GPU_GROUP] and group_names(kube, "Service") == [GPU_GROUP]
+    assert {r["pool"] for r in routes(kube).values()} == {"gpu-cloud-eu"}
+    assert {"Moving", "Moved"} <= set(event_reasons(kube))
+
+
+def test_an_invalid_update_keeps_the_old_placement_serving(kube, start_operator):  # noqa: F811
+    operator = start_operator()
+    apply_factory(kube)
+    wait(kube, ready_on(["cpu-cloud-eu"]), operator)
+    try:
+        kube.patch(*IW, NAME, {"spec": {"slo": {"percentile": 101}}}, NS)
+    except Exception as refused:        # a real API server refuses it by the CRD's schema: also fine
+        assert "percentile" in str(refused)
+        assert group_names(kube) == [CPU_GROUP]
+        return
+    w = wait(kube, lambda c: workload(c)["status"].get("phase") == "Invalid" and workload(c), operator)
+    valid = condition(w, "Valid")
+    assert valid["status"] == "False" and "spec.slo.percentile" in valid["message"] and "101" in valid["message"]
+    assert pools_placed(kube) == ["cpu-cloud-eu"] and group_names(kube) == [CPU_GROUP]
+    assert "InvalidSpec" in event_reasons(kube)
+
+
+def test_an_infeasible_update_deletes_nothing(kube, start_operator):  # noqa: F811
+    operator = start_operator()
+    apply_factory(kube)
+    wait(kube, ready_on(["cpu-cloud-eu"]), operator)
+    kube.patch(*IW, NAME, {"spec": {"slo": {"latencyMs": 1}}}, NS)
+    w = wait(kube, lambda c: workload(c)["status"].get("phase") == "Infeasible" and workload(c), operator)
+    assert condition(w, "Placed")["status"] == "False" and "keeps serving" in condition(w, "Placed")["message"]
+    assert group_names(kube) == [CPU_GROUP] and pools_placed(kube) == ["cpu-cloud-eu"]
+    assert "Infeasible" in event_reasons(kube)
+
+
+def test_a_pool_added_places_a_waiting_workload_and_a_pool_removed_moves_it(kube, start_operator):  # noqa: F811
+    operator = start_operator()
+    apply_factory(kube, pools=("gpu-cloud-us",))           # residency rules out the only pool
+    wait(kube, lambda c: (workload(c).get("status") or {}).get("phase") == "Infeasible", operator)
+    for pool in factory_pools(("cpu-cloud-eu", "gpu-cloud-eu")):
+        kube.create(pool)
+    wait(kube, ready_on(["cpu-cloud-eu"]), operator, what="placed once a pool in its regions appears")
+    kube.delete(*POOL, "cpu-cloud-eu")
+    wait(kube, ready_on(["gpu-cloud-eu"]), operator, what="moved off the removed pool")
+    assert group_names(kube) == [GPU_GROUP]
+
+
+def test_a_link_drop_seen_in_prometheus_moves_the_factory_to_the_arm_pool(
+        kube, start_operator, prometheus, link_exporter):  # noqa: F811
+    _, bandwidth, rtt, _ = link_exporter
+    for pool in ("cpu-cloud-eu", "gpu-cloud-eu"):
+        bandwidth.labels("factory-eu-1", pool).set(2_000_000)
+        rtt.labels("factory-eu-1", pool).set(0.025)
+    operator = start_operator(prometheus_url=prometheus)
+    apply_factory(kube)
+    wait(kube, ready_on(["cpu-cloud-eu"]), operator)
+    wait(kube, lambda c: condition(workload(c), "TelemetryFresh").get("status") in ("True", "False"), operator)
+    hold = kube.hold_deployments(ARM_GROUP)
+    for pool in ("cpu-cloud-eu", "gpu-cloud-eu"):
+        bandwidth.labels("factory-eu-1", pool).set(250_000)
+    wait(kube, lambda c: workload(c)["status"].get("phase") == "Migrating", operator, 60, "the move to start")
+    assert group_names(kube) == [ARM_GROUP, CPU_GROUP], "both run while the new group is not ready"
+    assert routes(kube)["factory-eu-1"]["pool"] == "cpu-cloud-eu", "routes wait for the new group"
+    hold.release()
+    wait(kube, ready_on(["arm-factory-eu-1", "cpu-cloud-eu"]), operator, 30, "the move to finish")
+    assert routes(kube)["factory-eu-1"]["pool"] == "arm-factory-eu-1"
+    assert routes(kube)["cloud-eu"]["pool"] == "cpu-cloud-eu"
+    assert "Moved" in event_reasons(kube)
+
+
+def test_of_two_operators_one_rebalances_and_the_other_takes_over_when_it_stops(kube, start_operator):  # noqa: F811
+    high, low = start_operator(priority=20), start_operator(priority=10)
+    wait(kube, lambda c: high.metric("hetplace_leader") == 1 and low.metric("hetplace_leader") == 0, high,
+         what="the higher priority instance to lead")
+    apply_factory(kube)
+    wait(kube, ready_on(["cpu-cloud-eu"]), high)
+    assert high.metric("hetplace_decisions_total", outcome="placed") >= 1
+    assert low.metric("hetplace_decisions_total", outcome="placed") == 0, "the waiting instance decided nothing"
+    high.stop()
+    wait(kube, lambda c: low.metric("hetplace_leader") == 1, low, what="the other instance to take over")
+    kube.patch(*IW, NAME, {"spec": {"constraints": {"pools": ["gpu-cloud-eu"]}}}, NS)
+    wait(kube, ready_on(["gpu-cloud-eu"]), low, what="the new leader to handle a change")
+
+
+def test_an_operator_killed_mid_move_converges_with_no_orphans(kube, start_operator):  # noqa: F811
+    first = start_operator(priority=10)
+    apply_factory(kube)
+    wait(kube, ready_on(["cpu-cloud-eu"]), first)
+    hold = kube.hold_deployments(GPU_GROUP)
+    kube.patch(*IW, NAME, {"spec": {"constraints": {"pools": ["gpu-cloud-eu"]}}}, NS)
+    wait(kube, lambda c: workload(c)["status"].get("phase") == "Migrating", first)
+    first.stop(signal.SIGKILL)
+    second = start_operator(priority=11)
+    hold.release()
+    wait(kube, ready_on(["gpu-cloud-eu"]), second, 40, "the new operator to finish the move")
+    assert group_names(kube) == [GPU_GROUP] and group_names(kube, "Service") == [GPU_GROUP]
+    assert group_names(kube, "ConfigMap") == [f"{NAME}-routes"]
+
+
+def test_api_errors_conflicts_and_dropped_watches_are_recovered_from(kube, start_operator):  # noqa: F811
+    operator = start_operator()
+    kube.fail("PATCH", r"/deployments/", status=500, times=3)
+    kube.fail("PATCH", r"/inferenceworkloads/.*/status", status=409, times=2)
+    apply_factory(kube)
+    wait(kube, ready_on(["cpu-cloud-eu"]), operator, 40, "placed despite the errors")
+    assert kube.drop_watches() > 0
+    kube.patch(*IW, NAME, {"spec": {"constraints": {"pools": ["gpu-cloud-eu"]}}}, NS)
+    wait(kube, ready_on(["gpu-cloud-eu"]), operator, 40, "a change after the watches dropped")
+
+
+def test_nothing_is_written_when_nothing_changes(kube, start_operator):  # noqa: F811
+    operator = start_operator()
+    apply_factory(kube)
+    wait(kube, ready_on(["cpu-cloud-eu"]), operator)
+    before = len(writes(kube))
+    cycles = operator.metric("hetplace_rebalance_cycles_total") or 0
+    wait(kube, lambda c: (operator.metric("hetplace_rebalance_cycles_total") or 0) >= cycles + 3, operator,
+         what="three more rebalance cycles")
+    assert writes(kube)[before:] == []
+
+
+def writes(cluster) -> list[str]:
+    """Writes to anything but kopf's peering object (its keep-alives are kopf's own)."""
+    return [f"{call.method} {call.path}" for call in cluster.requests()
+            if call.method not in ("GET",) and "kopfpeerings" not in call.path]
