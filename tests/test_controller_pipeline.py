@@ -274,3 +274,31 @@ def test_a_removed_pool_is_left_only_once_its_replacement_is_ready():
     cluster.cycle(T0 + timedelta(minutes=2))
     assert old not in deployments(cluster) and cluster.body["status"]["phase"] == "Placed"
     assert "cpu-cloud-eu" not in [p["pool"] for p in cluster.body["status"]["placements"]]
+
+
+def test_the_fleet_ledger_decides_as_a_full_rebuild_does():
+    """Kept current one workload at a time (as the index sees them), the operator's fleet ledger
+    gives the same decision as charging every other workload afresh."""
+    from hetplace.controller.fleet_ledger import FleetLedger
+    from hetplace.controller.reconcile import engine_workload
+
+    cluster = placed_cluster()
+    fleet = FleetLedger()
+    views = {}
+    for i in range(6):        # six placed copies fill most of the CPU pool
+        body = copy.deepcopy(cluster.body)
+        body["metadata"]["name"] = f"copy-{i}"
+        views[f"factory/copy-{i}"] = view = workload_view(body)
+        fleet.update(view, lambda v: engine_workload(v, Telemetry()))
+    fleet.forget("factory/copy-5")
+    del views["factory/copy-5"]
+    fresh = copy.deepcopy(cluster.body)
+    fresh["metadata"]["name"] = "newcomer"
+    fresh.pop("status")
+    newcomer = workload_view(fresh)
+    picture = cluster.picture()
+    picture.workloads = {**views, newcomer.key: newcomer}
+    rebuilt = choose(newcomer, picture, Telemetry(), T0)
+    kept = choose(newcomer, picture, Telemetry(), T0, fleet)
+    assert kept.target.fingerprint() == rebuilt.target.fingerprint()
+    assert [g.pool for g in kept.target.groups] != ["cpu-cloud-eu"], "the copies leave no room on the CPU pool"

@@ -70,9 +70,15 @@ def make_registry() -> kopf.OperatorRegistry:
         return {name: node_view(body)}
 
     @kopf.index(GROUP, VERSION, "inferenceworkloads", registry=registry, id="workloads")
-    def workloads(body: kopf.Body, **_: Any) -> dict:
+    def workloads(body: kopf.Body, memo: kopf.Memo, **_: Any) -> dict:
         view = workload_view(dict(body))
+        memo.operator.indexed(view)
         return {view.key: view}
+
+    @kopf.on.event(GROUP, VERSION, "inferenceworkloads", registry=registry, id="workload-gone")
+    def workload_gone(type: str, namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
+        if type == "DELETED":       # what it held is free again (its children go with it, by owner reference)
+            memo.operator.fleet.forget(f"{namespace}/{name}")
 
     def owned(body: kopf.Body, **_: Any) -> dict:
         child = child_view(dict(body))

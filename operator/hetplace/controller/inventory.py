@@ -16,8 +16,8 @@ from hetplace.api.models import ComputePool, InferenceWorkload, InferenceWorkloa
 from hetplace.api.quantity import parse_cpu, parse_memory
 from hetplace.api.status import PlacementStatus
 from hetplace.engine.decision import Decision, GroupPlan, RoutePlan
-from hetplace.engine.from_api import pool_from_spec
-from hetplace.engine.snapshot import Pool, Resources
+from hetplace.engine.from_api import pool_from_spec, workload_from_spec
+from hetplace.engine.snapshot import Pool, Resources, Workload
 
 APPLIED_HASH = "hetplace.io/applied-hash"
 WORKLOAD_LABEL = "hetplace.io/workload"
@@ -76,6 +76,7 @@ class WorkloadView:
     migration_target: Decision | None
     migration_started: datetime | None
     status: InferenceWorkloadStatus | None
+    engine: Workload | None = None          # the spec as the engine reads it (declared traffic)
 
     @property
     def generation(self) -> int:
@@ -97,7 +98,9 @@ def workload_view(body: Mapping[str, Any]) -> WorkloadView:
                             else "") if status else None
     migration = status.migration if status else None
     target = decision_from(key, migration.target, objective, migration.reason) if migration else None
-    return WorkloadView(key, body, valid, problem, running, target, migration.started_at if migration else None, status)
+    engine = workload_from_spec(valid.metadata.namespace or "default", valid.metadata.name, valid.spec) if valid else None
+    return WorkloadView(key, body, valid, problem, running, target, migration.started_at if migration else None, status,
+                        engine)
 
 
 def _status(raw: Any) -> InferenceWorkloadStatus | None:

@@ -15,11 +15,11 @@ from datetime import datetime
 from typing import Literal, Mapping
 
 from hetplace.api.status import Phase
+from hetplace.controller.fleet_ledger import FleetLedger
 from hetplace.controller.inventory import Child, Picture, WorkloadView, with_applied_hash
 from hetplace.controller.moves import GroupKey, InFlight, Step, advance
 from hetplace.engine.decision import Decision, GroupPlan
 from hetplace.engine.fleet import place_one
-from hetplace.engine.from_api import workload_from_spec
 from hetplace.engine.observed import LinkObservation, with_links
 from hetplace.engine.snapshot import Snapshot, Workload
 from hetplace.engine.usage import Ledger
@@ -83,14 +83,15 @@ def snapshot_for(picture: Picture, telemetry: Telemetry, leave_out: str | None =
 
 
 def engine_workload(view: WorkloadView, telemetry: Telemetry) -> Workload:
-    w = view.valid
-    workload = workload_from_spec(w.metadata.namespace or "default", w.metadata.name, w.spec)
+    workload = view.engine
     corrections = telemetry.corrections.get(view.key)
     return dataclasses.replace(workload, latency_correction=corrections) if corrections else workload
 
 
-def choose(view: WorkloadView, picture: Picture, telemetry: Telemetry, now: datetime) -> Choice:
-    """What an event on the workload (create, resume, spec change) asks for."""
+def choose(view: WorkloadView, picture: Picture, telemetry: Telemetry, now: datetime,
+           fleet: FleetLedger | None = None) -> Choice:
+    """What an event on the workload (create, resume, spec change) asks for. Others' placements
+    come from `fleet` (kept by the operator) or, without one, from `picture.workloads`."""
     if view.valid is None:
         return Choice("invalid", None, reason=view.problem)
     status = view.status
@@ -100,8 +101,14 @@ def choose(view: WorkloadView, picture: Picture, telemetry: Telemetry, now: date
         return Choice("move", view.migration_target, view.migration_started, view.migration_target.reason)
     if decided_this_generation and view.running is not None and _on(view.running, known):
         return Choice("keep", view.running)
-    snapshot, ledger = snapshot_for(picture, telemetry, leave_out=view.key)
-    decision = place_one(engine_workload(view, telemetry), snapshot, ledger)
+    w = engine_workload(view, telemetry)
+    if fleet is None:
+        snapshot, ledger = snapshot_for(picture, telemetry, leave_out=view.key)
+        decision = place_one(w, snapshot, ledger)
+    else:
+        with fleet.lock:      # what this workload holds is taken out while it is decided, then put back
+            snapshot, ledger = fleet.snapshot(with_links(picture.engine_pools(), telemetry.links))
+            decision = place_one(w, snapshot, ledger, current=view.migration_target or view.running)
     if not decision.feasible:
         return Choice("infeasible", decision, reason=decision.reason)
     if view.running is not None and view.running.fingerprint() == decision.fingerprint():

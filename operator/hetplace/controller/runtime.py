@@ -15,6 +15,7 @@ from typing import Any, Callable, Mapping
 
 from hetplace.config import Settings
 from hetplace.api.status import ComputePoolStatus
+from hetplace.controller.fleet_ledger import FleetLedger
 from hetplace.controller.inventory import Child, Picture, WorkloadView, live_pool, workload_view
 from hetplace.controller.leader import is_leader
 from hetplace.controller.moves import GroupKey
@@ -29,7 +30,7 @@ from hetplace.controller.reconcile import (
     status_patch,
 )
 from hetplace.engine.from_api import node_cost_per_hour
-from hetplace.engine.snapshot import Resources
+from hetplace.engine.snapshot import Resources, Workload
 from hetplace.engine.usage import taken_by
 from hetplace.engine.decision import Decision
 from hetplace.engine.observed import correction_factor
@@ -67,6 +68,7 @@ class Operator:
     link_telemetry: Any = None
     service_telemetry: ServiceTimeTelemetry | None = None
     locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+    fleet: FleetLedger = field(default_factory=FleetLedger)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     event_loop: asyncio.AbstractEventLoop | None = None
 
@@ -76,18 +78,30 @@ class Operator:
             self.event_loop.call_soon_threadsafe(self.wake.set)
 
     # ---- what the indexes hold ------------------------------------------------------------------
-    def picture(self) -> Picture:
-        def values(name: str):
+    def picture(self, only: WorkloadView | None = None) -> Picture:
+        """What the indexes hold: everything, or `only` one workload with its own children (what one
+        decision reads: the other workloads' charges come from the fleet ledger)."""
+        def values(name: str, key: str | None = None):
             index = self.indices.get(name) or {}
+            if key is not None:
+                return list(index.get(key, ()))
             return [v for store in index.values() for v in store]
         pool_views = {p.name: p for p in values("pools")}
         pools = {name: p.valid for name, p in pool_views.items() if p.valid is not None}
+        key = only.key if only is not None else None
         children: dict[str, list[Child]] = {}
-        for c in (*values("deployments"), *values("services"), *values("configmaps")):
+        for c in (*values("deployments", key), *values("services", key), *values("configmaps", key)):
             children.setdefault(c.workload, []).append(c)
-        return Picture(pools=pools, pool_views=pool_views, nodes=tuple(values("nodes")),
-                       workloads={v.key: v for v in values("workloads")},
+        workloads = {only.key: only} if only is not None else {v.key: v for v in values("workloads")}
+        return Picture(pools=pools, pool_views=pool_views, nodes=tuple(values("nodes")), workloads=workloads,
                        children={k: tuple(v) for k, v in children.items()})
+
+    def to_engine(self, view: WorkloadView) -> Workload:
+        return engine_workload(view, self.telemetry)
+
+    def indexed(self, view: WorkloadView) -> None:
+        """The workload index saw `view`: charge what it holds."""
+        self.fleet.update(view, self.to_engine)
 
     def lock(self, key: str) -> asyncio.Lock:
         return self.locks.setdefault(key, asyncio.Lock())
@@ -98,10 +112,9 @@ class Operator:
         view = workload_view(body)
         async with self.lock(view.key):
             started = time.perf_counter()
-            picture = self.picture()
-            picture.workloads = {**picture.workloads, view.key: view}
+            picture = self.picture(only=view)
             now = self.clock()
-            choice = choice or await asyncio.to_thread(choose, view, picture, self.telemetry, now)
+            choice = choice or await asyncio.to_thread(choose, view, picture, self.telemetry, now, self.fleet)
             if choice.verdict in ("keep", "move"):
                 self.metrics.decision_duration.observe(time.perf_counter() - started)
             ready, why = (await self.readiness(view, choice, picture) if choice.verdict in ("keep", "move")
@@ -146,8 +159,10 @@ class Operator:
             self.kube.delete(child.api_version, child.kind, child.namespace, child.name)
         meta = view.body.get("metadata", {})
         if outcome.status is not None:
-            self.kube.patch_status(API_VERSION, "InferenceWorkload", meta.get("namespace"), meta.get("name"),
-                                   outcome.status)
+            written = self.kube.patch_status(API_VERSION, "InferenceWorkload", meta.get("namespace"), meta.get("name"),
+                                             outcome.status)
+            if written:       # charge it now: the next decision must not wait for the watch to see it
+                self.indexed(workload_view(written))
         now = self.clock().isoformat().replace("+00:00", "Z")
         for note in outcome.events:
             try:
@@ -262,6 +277,8 @@ class Operator:
         else:
             fresh = Observed(False, "Stale", f"{len(reading.last_known_good)} links on last-known-good, "
                                              f"{len(reading.declared)} on declared values")
+        if corrections != self.telemetry.corrections:
+            self.fleet.reset()
         self.telemetry = Telemetry(reading.observations, fresh, corrections)
         self.metrics.telemetry_age.labels("prometheus").set(0 if reading.fresh else self.settings.telemetry_stale_after_seconds)
 
