@@ -8,9 +8,10 @@ import socket
 import subprocess
 import time
 import urllib.request
+from dataclasses import dataclass
 
 import pytest
-from prometheus_client import CollectorRegistry, Gauge, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 
 def free_port() -> int:
@@ -29,6 +30,18 @@ def wait_for(condition, timeout_s: float = 30.0, what: str = "condition"):
     raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what}")
 
 
+@dataclass(frozen=True)
+class Exporter:
+    """The series a test sets, as a link prober, Triton and client-side instrumentation would export them."""
+
+    port: int
+    bandwidth: Gauge                 # hetplace_link_bandwidth_bytes{site, pool}
+    rtt: Gauge                       # hetplace_link_rtt_seconds{site, pool}
+    triton: dict[str, Gauge]         # Triton's counters by name, {namespace, hetplace_io_workload, hetplace_io_pool}
+    site_requests: Counter           # hetplace_site_requests_total{namespace, workload, site}
+    request_duration: Histogram      # hetplace_request_duration_seconds{namespace, workload, site}
+
+
 @pytest.fixture(scope="module")
 def link_exporter():
     registry = CollectorRegistry()
@@ -40,9 +53,13 @@ def link_exporter():
     triton = {name: Gauge(name, f"Triton's {name}.", triton_labels, registry=registry)
               for name in ("nv_inference_request_duration_us", "nv_inference_queue_duration_us",
                            "nv_inference_request_success")}
+    site = ["namespace", "workload", "site"]
+    site_requests = Counter("hetplace_site_requests", "Requests clients sent, by site.", site, registry=registry)
+    request_duration = Histogram("hetplace_request_duration_seconds", "Latency clients saw, by site.", site,
+                                 buckets=(0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1.0), registry=registry)
     port = free_port()
     server, thread = start_http_server(port, addr="127.0.0.1", registry=registry)
-    yield port, bandwidth, rtt, triton
+    yield Exporter(port, bandwidth, rtt, triton, site_requests, request_duration)
     server.shutdown()
     server.server_close()
     thread.join(timeout=5)
@@ -53,7 +70,7 @@ def prometheus(link_exporter, tmp_path_factory):
     binary = shutil.which("prometheus")
     if binary is None:
         pytest.fail("prometheus is missing: `make test` installs Debian's prometheus (make tools)")
-    exporter_port = link_exporter[0]
+    exporter_port = link_exporter.port
     home = tmp_path_factory.mktemp("prometheus")
     (home / "prometheus.yml").write_text(
         "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"

@@ -302,3 +302,16 @@ def test_the_fleet_ledger_decides_as_a_full_rebuild_does():
     kept = choose(newcomer, picture, Telemetry(), T0, fleet)
     assert kept.target.fingerprint() == rebuilt.target.fingerprint()
     assert [g.pool for g in kept.target.groups] != ["cpu-cloud-eu"], "the copies leave no room on the CPU pool"
+
+
+def test_observed_latency_is_reported_per_route_and_decides_slo_met():
+    cluster = placed_cluster()
+    slow = Telemetry(route_latency_ms={"factory/defect-detector": {"factory-eu-1": 181.3}})
+    cluster.cycle(T0 + timedelta(minutes=1), slow)
+    routes = {r["site"]: r for p in cluster.body["status"]["placements"] for r in p["routes"]}
+    assert routes["factory-eu-1"]["observedLatencyMs"] == 180.0 and "observedLatencyMs" not in routes["cloud-eu"]
+    slo = condition(cluster, "SLOMet")
+    assert (slo["status"], slo["reason"]) == ("False", "ObservedOverSLO") and "factory-eu-1" in slo["message"]
+
+    steady = Telemetry(route_latency_ms={"factory/defect-detector": {"factory-eu-1": 180.9}})
+    assert cluster.cycle(T0 + timedelta(minutes=2), steady).status is None, "a steady reading writes nothing"

@@ -27,6 +27,7 @@ def filled() -> OperatorMetrics:
     metrics.pool_utilization.labels("cpu-cloud-eu", "cpu").set(12 / 32)
     metrics.telemetry_age.labels("prometheus").set(4.2)
     metrics.infeasible.set(0)
+    metrics.record_observed_latency({"factory/defect-detector": {"factory-eu-1": 41.5, "cloud-eu": 120.0}})
     return metrics
 
 

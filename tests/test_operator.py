@@ -245,7 +245,7 @@ def test_a_pool_added_places_a_waiting_workload_and_a_pool_removed_moves_it(kube
 
 def test_a_link_drop_seen_in_prometheus_moves_the_factory_to_the_arm_pool(
         kube, start_operator, prometheus, link_exporter):  # noqa: F811
-    _, bandwidth, rtt, _ = link_exporter
+    bandwidth, rtt = link_exporter.bandwidth, link_exporter.rtt
     for pool in ("cpu-cloud-eu", "gpu-cloud-eu"):
         bandwidth.labels("factory-eu-1", pool).set(2_000_000)
         rtt.labels("factory-eu-1", pool).set(0.025)

@@ -3,6 +3,7 @@ runs, through the operator's PromQL templates; stale and failed reads fall back 
 
 from __future__ import annotations
 
+import math
 import time
 
 import pytest
@@ -17,7 +18,9 @@ from hetplace.telemetry.prometheus import (
     LinkTelemetry,
     PrometheusClient,
     ServiceTimeTelemetry,
+    SiteTelemetry,
     TelemetryError,
+    latency_quantile_s,
 )
 
 pytestmark = pytest.mark.integration
@@ -36,7 +39,7 @@ class Clock:
 
 
 def test_a_link_reading_comes_from_prometheus_and_the_others_from_the_spec(prometheus, link_exporter):
-    _, bandwidth, rtt, _ = link_exporter
+    bandwidth, rtt = link_exporter.bandwidth, link_exporter.rtt
     bandwidth.labels("factory-eu-1", "cpu-cloud-eu").set(250_000)
     rtt.labels("factory-eu-1", "cpu-cloud-eu").set(0.025)
     client = PrometheusClient(prometheus)
@@ -52,7 +55,7 @@ def test_a_link_reading_comes_from_prometheus_and_the_others_from_the_spec(prome
 
 
 def test_when_prometheus_cannot_be_read_the_last_good_reading_holds_until_it_is_stale(prometheus, link_exporter):
-    _, bandwidth, rtt, _ = link_exporter
+    bandwidth, rtt = link_exporter.bandwidth, link_exporter.rtt
     bandwidth.labels("factory-eu-1", "gpu-cloud-eu").set(500_000)
     rtt.labels("factory-eu-1", "gpu-cloud-eu").set(0.03)
     client = PrometheusClient(prometheus)
@@ -77,7 +80,7 @@ def test_a_bad_query_is_an_error_that_names_it(prometheus):
 
 
 def test_a_groups_service_time_comes_from_tritons_counters(prometheus, link_exporter):
-    triton = link_exporter[3]
+    triton = link_exporter.triton
     labels = ("factory", "defect-detector", "cpu-cloud-eu")
     group = GroupRef("factory", "defect-detector", "cpu-cloud-eu", "openvino-int8")
     idle = GroupRef("factory", "defect-detector", "gpu-cloud-eu", "trt-fp16")
@@ -95,3 +98,34 @@ def test_a_groups_service_time_comes_from_tritons_counters(prometheus, link_expo
     observed = wait_for(serve_and_read, 30, "two scrapes of Triton's counters")
     assert observed[group] == pytest.approx(40.0, rel=0.02)    # a scrape may fall between the three increments
     assert idle not in observed, "a group with no requests has no reading"
+
+
+def test_each_sites_traffic_and_observed_latency_come_from_one_query_each(prometheus, link_exporter):
+    telemetry = SiteTelemetry(PrometheusClient(prometheus), DEFAULT_QUERIES)
+    key = ("factory/defect-detector", "factory-eu-1")
+
+    def serve_and_read():
+        # 99 requests in 40 ms and 1 in 400 ms a poll: p99 within (25, 50] ms
+        for _ in range(99):
+            link_exporter.request_duration.labels("factory", "defect-detector", "factory-eu-1").observe(0.04)
+        link_exporter.request_duration.labels("factory", "defect-detector", "factory-eu-1").observe(0.4)
+        link_exporter.site_requests.labels("factory", "defect-detector", "factory-eu-1").inc(100)
+        reading = telemetry.read()
+        assert reading.errors == ()
+        return reading if key in reading.latency_buckets and key in reading.requests_per_second else None
+
+    reading = wait_for(serve_and_read, 30, "two scrapes of the client series")
+    assert reading.requests_per_second[key] > 0
+    p99 = latency_quantile_s(reading.latency_buckets[key], 99)
+    assert 0.025 < p99 <= 0.05
+    assert latency_quantile_s(reading.latency_buckets[key], 99.9) > 0.25
+
+
+@pytest.mark.parametrize("buckets, percentile, expected", [
+    pytest.param(((0.1, 50.0), (0.2, 100.0), (math.inf, 100.0)), 50, 0.1, id="at a bucket's edge"),
+    pytest.param(((0.1, 50.0), (0.2, 100.0), (math.inf, 100.0)), 75, 0.15, id="interpolated within a bucket"),
+    pytest.param(((0.1, 0.0), (0.2, 0.0), (math.inf, 0.0)), 99, None, id="no requests: nothing observed"),
+    pytest.param(((0.1, 50.0), (math.inf, 100.0)), 99, None, id="in the +Inf bucket: only a lower bound"),
+])
+def test_a_latency_quantile_is_read_from_a_cumulative_histogram(buckets, percentile, expected):
+    assert latency_quantile_s(buckets, percentile) == (pytest.approx(expected) if expected is not None else None)

@@ -23,8 +23,10 @@ DEFAULT_QUERIES = {
                        'hetplace_io_workload="{workload}",hetplace_io_pool="{pool}"}}[5m]))',
     "link_bandwidth_bytes": 'min_over_time(hetplace_link_bandwidth_bytes{{site="{site}",pool="{pool}"}}[5m])',
     "link_rtt_seconds": 'max_over_time(hetplace_link_rtt_seconds{{site="{site}",pool="{pool}"}}[5m])',
-    "site_requests": 'sum(rate(hetplace_site_requests_total{{namespace="{namespace}",workload="{workload}",'
-                     'site="{site}"}}[5m]))',
+    # fleet-wide, read once per cycle: series labelled namespace, workload, site (and le)
+    "site_requests": 'sum by (namespace, workload, site) (rate(hetplace_site_requests_total[5m]))',
+    "route_latency_buckets": 'sum by (namespace, workload, site, le) '
+                             '(rate(hetplace_request_duration_seconds_bucket[5m]))',
 }
 PLACEHOLDERS = {"namespace", "workload", "pool", "variant", "site"}
 

@@ -5,6 +5,8 @@ conventions (base units, `_total` counters, `_seconds`, `_ratio`)."""
 
 from __future__ import annotations
 
+from typing import Mapping
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from hetplace.engine.decision import Decision
@@ -27,8 +29,9 @@ class OperatorMetrics:
             "hetplace_route_predicted_latency_seconds", "Predicted latency at the SLO percentile of a route.",
             ["namespace", "workload", "site", "pool", "variant"], registry=r)
         self.observed_latency = Gauge(
-            "hetplace_route_observed_latency_seconds", "Observed latency at the SLO percentile of a route.",
-            ["namespace", "workload", "site", "pool", "variant"], registry=r)
+            "hetplace_route_observed_latency_seconds",
+            "Latency clients at a site observe at the workload's SLO percentile.",
+            ["namespace", "workload", "site"], registry=r)
         self.cost = Gauge("hetplace_workload_cost_dollars_per_hour", "What a workload's placement costs per hour.",
                           ["namespace", "workload"], registry=r)
         self.moves = Counter("hetplace_moves", "Placement changes of running workloads by reason and kind.",
@@ -64,6 +67,14 @@ class OperatorMetrics:
             self._routes[(namespace, name)] = now
         for labels in published - now:
             self.predicted_latency.remove(*labels)
+
+    def record_observed_latency(self, by_workload: Mapping[str, Mapping[str, float]]) -> None:
+        """Latency clients observe per (workload, site), in seconds; sites no longer reported are dropped."""
+        self.observed_latency.clear()
+        for key, sites in by_workload.items():
+            namespace, name = key.split("/", 1)
+            for site, ms in sites.items():
+                self.observed_latency.labels(namespace, name, site).set(ms / 1000.0)
 
     def exposition(self) -> bytes:
         """The text format Prometheus scrapes."""

@@ -19,7 +19,7 @@ from hetplace.controller.runtime import Operator
 from hetplace.k8s.client import Kube
 from hetplace.metrics import OperatorMetrics
 from hetplace.telemetry.triton import probe_model
-from hetplace.telemetry.prometheus import LinkTelemetry, PrometheusClient, ServiceTimeTelemetry
+from hetplace.telemetry.prometheus import LinkTelemetry, PrometheusClient, ServiceTimeTelemetry, SiteTelemetry
 
 log = logging.getLogger("hetplace")
 
@@ -30,16 +30,17 @@ def own_identity() -> str:
 
 
 def build_operator(settings: Settings, *, identity: str, priority: int, standalone: bool) -> Operator:
-    link_telemetry = service_telemetry = None
+    link_telemetry = service_telemetry = site_telemetry = None
     if settings.prometheus_url is not None:
         prometheus = PrometheusClient(str(settings.prometheus_url))
         link_telemetry = LinkTelemetry(prometheus, settings.queries["link_bandwidth_bytes"],
                                        settings.queries["link_rtt_seconds"], settings.telemetry_stale_after_seconds,
                                        time.time)
         service_telemetry = ServiceTimeTelemetry(prometheus, settings.queries)
+        site_telemetry = SiteTelemetry(prometheus, settings.queries)
     return Operator(settings, Kube.from_environment(), OperatorMetrics(), identity=identity, priority=priority,
                     standalone=standalone, probe=probe_model, link_telemetry=link_telemetry,
-                    service_telemetry=service_telemetry)
+                    service_telemetry=service_telemetry, site_telemetry=site_telemetry)
 
 
 def ensure_peering(kube: Kube, settings: Settings) -> None:

@@ -20,10 +20,10 @@ from hetplace.controller.inventory import Child, Picture, WorkloadView, with_app
 from hetplace.controller.moves import GroupKey, InFlight, Step, advance
 from hetplace.engine.decision import Decision, GroupPlan
 from hetplace.engine.fleet import place_one
-from hetplace.engine.observed import LinkObservation, with_links
+from hetplace.engine.observed import LinkObservation, TrafficObservation, with_links, with_traffic
 from hetplace.engine.snapshot import Snapshot, Workload
 from hetplace.engine.usage import Ledger
-from hetplace.k8s.status import Observed, workload_status
+from hetplace.k8s.status import Observed, two_digits, workload_status
 from hetplace.render.names import group_name
 from hetplace.render.triton import render_decision, routes_configmap
 
@@ -38,6 +38,10 @@ class Telemetry:
     fresh: Observed = Observed(False, "NoPrometheus", "no Prometheus configured: deciding on the declared links")
     # per workload key: observed/profiled service time per (pool, variant), bounded
     corrections: Mapping[str, Mapping[tuple[str, str], float]] = dataclasses.field(default_factory=dict)
+    # per workload key: observed requests per second by site
+    traffic: Mapping[str, tuple[TrafficObservation, ...]] = dataclasses.field(default_factory=dict)
+    # per workload key: latency clients at each site observe at the workload's SLO percentile, ms
+    route_latency_ms: Mapping[str, Mapping[str, float]] = dataclasses.field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -83,7 +87,11 @@ def snapshot_for(picture: Picture, telemetry: Telemetry, leave_out: str | None =
 
 
 def engine_workload(view: WorkloadView, telemetry: Telemetry) -> Workload:
+    """The workload as the engine plans it: observed traffic per site, corrected service times."""
     workload = view.engine
+    observed = telemetry.traffic.get(view.key)
+    if observed:
+        workload = with_traffic(workload, observed)
     corrections = telemetry.corrections.get(view.key)
     return dataclasses.replace(workload, latency_correction=corrections) if corrections else workload
 
@@ -160,7 +168,7 @@ def converge(view: WorkloadView, choice: Choice, picture: Picture, telemetry: Te
     observed = {
         "Valid": Observed(True, "Valid", "spec accepted"),
         "Placed": Observed(True, step.reason, step.message),
-        "SLOMet": _slo_met(serving, workload.spec.slo.latency_ms),
+        "SLOMet": _slo_met(serving, workload.spec.slo.latency_ms, telemetry.route_latency_ms.get(view.key, {})),
         "TelemetryFresh": telemetry.fresh,
         "Ready": Observed(False, "DryRun", "dry-run mode creates nothing") if dry_run else
         Observed(all_ready, "Ready" if all_ready else "Waiting",
@@ -172,7 +180,8 @@ def converge(view: WorkloadView, choice: Choice, picture: Picture, telemetry: Te
     status = workload_status(
         workload.metadata.name, view.generation, serving, Phase.MIGRATING if moving else Phase.PLACED, now, observed,
         previous=view.status, decided_at=now if new_decision else view.status.decision.at,
-        moving_to=choice.target if moving else None, move_started=choice.started if moving else None).wire()
+        moving_to=choice.target if moving else None, move_started=choice.started if moving else None,
+        observed_ms=telemetry.route_latency_ms.get(view.key)).wire()
     events = _move_events(choice, step, view, now)
     return Outcome(apply, delete, _changed(view, status), events,
                    "moving" if moving else ("unchanged" if choice.verdict == "keep" else "placed"), serving)
@@ -187,7 +196,14 @@ def _groups_to_run(step: Step, target: Decision, running: Decision | None) -> tu
     return tuple(dataclasses.replace(plans[k], replicas=n) for k, n in sorted(step.run.items()))
 
 
-def _slo_met(decision: Decision, slo_ms: float) -> Observed:
+def _slo_met(decision: Decision, slo_ms: float, observed_ms: Mapping[str, float]) -> Observed:
+    """Observed latency decides where clients report it; the prediction elsewhere."""
+    seen = {r.site: observed_ms[r.site] for g in decision.groups for r in g.routes if r.site in observed_ms}
+    if seen:
+        site, worst = max(seen.items(), key=lambda item: item[1])
+        verdict = "within" if worst <= slo_ms else "over"
+        return Observed(worst <= slo_ms, "ObservedWithinSLO" if worst <= slo_ms else "ObservedOverSLO",
+                        f"worst observed route latency {two_digits(worst):g} ms ({site}) {verdict} SLO {slo_ms:g} ms")
     worst = decision.worst_latency_ms
     if worst <= slo_ms:
         return Observed(True, "PredictedWithinSLO", f"worst predicted route latency {worst:.1f} ms <= SLO {slo_ms:g} ms")

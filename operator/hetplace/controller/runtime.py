@@ -33,8 +33,14 @@ from hetplace.engine.from_api import node_cost_per_hour
 from hetplace.engine.snapshot import Resources, Workload
 from hetplace.engine.usage import taken_by
 from hetplace.engine.decision import Decision
-from hetplace.engine.observed import correction_factor
-from hetplace.telemetry.prometheus import GroupRef, ServiceTimeTelemetry
+from hetplace.engine.observed import TrafficObservation, correction_factor
+from hetplace.telemetry.prometheus import (
+    GroupRef,
+    ServiceTimeTelemetry,
+    SiteReading,
+    SiteTelemetry,
+    latency_quantile_s,
+)
 from hetplace.telemetry.triton import triton_endpoint
 from hetplace.engine.rebalance import Running, plan_moves
 from hetplace.k8s.client import Kube, KubeError
@@ -67,6 +73,7 @@ class Operator:
     telemetry: Telemetry = field(default_factory=Telemetry)
     link_telemetry: Any = None
     service_telemetry: ServiceTimeTelemetry | None = None
+    site_telemetry: SiteTelemetry | None = None
     locks: dict[str, asyncio.Lock] = field(default_factory=dict)
     fleet: FleetLedger = field(default_factory=FleetLedger)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
@@ -252,24 +259,25 @@ class Operator:
         self.metrics.infeasible.set(sum(1 for h in plan.held if h.why.startswith("no placement")))
 
     def read_telemetry(self) -> None:
-        """Links (bandwidth, RTT) and each running group's service time, through the PromQL templates."""
+        """Links (bandwidth, RTT), each running group's service time, and per site the traffic and the
+        latency clients observe, through the PromQL templates."""
         if self.link_telemetry is None:
             return
         picture = self.picture()
+        placed = [v for v in picture.workloads.values() if v.valid is not None and v.running is not None]
         reading = self.link_telemetry.read(picture.engine_pools())
-        errors = list(reading.errors)
-        corrections: dict[str, dict[tuple[str, str], float]] = {}
-        if self.service_telemetry is not None:
-            refs = {GroupRef(*v.key.split("/", 1), g.pool, g.variant): v
-                    for v in picture.workloads.values() if v.valid is not None and v.running is not None
-                    for g in v.running.groups}
-            observed, failed = self.service_telemetry.read(refs)
-            errors += failed
-            for ref, ms in observed.items():
-                profile = next((x for x in refs[ref].valid.spec.variants if x.name == ref.variant), None)
-                if profile is not None:
-                    corrections.setdefault(f"{ref.namespace}/{ref.workload}", {})[(ref.pool, ref.variant)] = \
-                        correction_factor(ms, profile.profile.latency_ms)
+        corrections, failed = self._corrections(placed)
+        sites = self.site_telemetry.read() if self.site_telemetry is not None else SiteReading({}, {})
+        errors = [*reading.errors, *failed, *sites.errors]
+        traffic: dict[str, list[TrafficObservation]] = {}
+        for (key, site), rate in sites.requests_per_second.items():
+            traffic.setdefault(key, []).append(TrafficObservation(key, site, rate))
+        latency: dict[str, dict[str, float]] = {}
+        percentiles = {v.key: v.valid.spec.slo.percentile for v in placed}
+        for (key, site), buckets in sites.latency_buckets.items():
+            seconds = latency_quantile_s(buckets, percentiles[key]) if key in percentiles else None
+            if seconds is not None:
+                latency.setdefault(key, {})[site] = seconds * 1000.0
         if reading.all_fresh and not errors:
             fresh = Observed(True, "Fresh", f"{len(reading.fresh)} links read from Prometheus")
         elif errors:
@@ -277,10 +285,28 @@ class Operator:
         else:
             fresh = Observed(False, "Stale", f"{len(reading.last_known_good)} links on last-known-good, "
                                              f"{len(reading.declared)} on declared values")
-        if corrections != self.telemetry.corrections:
-            self.fleet.reset()
-        self.telemetry = Telemetry(reading.observations, fresh, corrections)
-        self.metrics.telemetry_age.labels("prometheus").set(0 if reading.fresh else self.settings.telemetry_stale_after_seconds)
+        observed = Telemetry(reading.observations, fresh, corrections,
+                             {k: tuple(v) for k, v in traffic.items()}, latency)
+        if (observed.corrections, observed.traffic) != (self.telemetry.corrections, self.telemetry.traffic):
+            self.fleet.reset()          # the engine's view of the workloads changed
+        self.telemetry = observed
+        self.metrics.telemetry_age.labels("prometheus").set(
+            0 if reading.fresh else self.settings.telemetry_stale_after_seconds)
+        self.metrics.record_observed_latency(latency)
+
+    def _corrections(self, placed: list[WorkloadView]) -> tuple[dict[str, dict[tuple[str, str], float]], list[str]]:
+        """Observed over profiled service time per running (pool, variant), bounded."""
+        if self.service_telemetry is None:
+            return {}, []
+        refs = {GroupRef(*v.key.split("/", 1), g.pool, g.variant): v for v in placed for g in v.running.groups}
+        observed, failed = self.service_telemetry.read(refs)
+        corrections: dict[str, dict[tuple[str, str], float]] = {}
+        for ref, ms in observed.items():
+            profile = next((x for x in refs[ref].valid.spec.variants if x.name == ref.variant), None)
+            if profile is not None:
+                corrections.setdefault(f"{ref.namespace}/{ref.workload}", {})[(ref.pool, ref.variant)] = \
+                    correction_factor(ms, profile.profile.latency_ms)
+        return corrections, list(failed)
 
     async def _safely(self, body: Mapping[str, Any], choice: Choice | None = None) -> None:
         try:

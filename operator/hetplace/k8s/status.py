@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Mapping
 
 from hetplace.api.status import (
     MAX_REJECTED,
@@ -40,12 +41,13 @@ class Observed:
 def workload_status(name: str, generation: int, decision: Decision | None, phase: Phase, now: datetime,
                     observed: dict[str, Observed], previous: InferenceWorkloadStatus | None = None,
                     decided_at: datetime | None = None, moving_to: Decision | None = None,
-                    move_started: datetime | None = None) -> InferenceWorkloadStatus:
+                    move_started: datetime | None = None,
+                    observed_ms: Mapping[str, float] | None = None) -> InferenceWorkloadStatus:
     """`decision` is what runs (None when nothing does); `observed` gives each condition type;
     `moving_to` the placement being brought up since `move_started`, while a move is under way."""
     conditions = conditions_of(CONDITION_TYPES, observed, previous.conditions if previous else [], generation, now)
     running = decision if decision is not None and decision.feasible else None
-    placements = placements_of(name, running)
+    placements = placements_of(name, running, observed_ms)
     return InferenceWorkloadStatus(
         observed_generation=generation, phase=phase, conditions=conditions, placements=placements,
         summary=", ".join(f"{p.pool}/{p.variant} x{p.replicas}" for p in placements)[:1024],
@@ -109,13 +111,22 @@ def _amount(r: Resources) -> PoolResources:
     return PoolResources(cpu=f"{round(r.cpu_cores * 1000)}m", memory=str(int(r.memory_bytes)), accelerators=r.accelerators)
 
 
-def placements_of(name: str, decision: Decision | None) -> list[PlacementStatus]:
-    """The groups of a decision as status reports them, with their Deployment and Service names."""
+def placements_of(name: str, decision: Decision | None,
+                  observed_ms: Mapping[str, float] | None = None) -> list[PlacementStatus]:
+    """The groups of a decision as status reports them, with their Deployment and Service names
+    and, where clients report it, the latency observed per site (2 significant digits, so a
+    steady reading does not rewrite status)."""
     return [
         PlacementStatus(pool=g.pool, variant=g.variant, replicas=g.replicas, cost_per_hour=round(g.cost_per_hour, 6),
                         deployment=group_name(name, g.pool, g.variant), service=group_name(name, g.pool, g.variant),
                         routes=[RouteStatus(site=r.site, encoding=r.encoding, requests_per_second=r.requests_per_second,
-                                            predicted_latency_ms=round(r.predicted_latency_ms, 3))
+                                            predicted_latency_ms=round(r.predicted_latency_ms, 3),
+                                            observed_latency_ms=two_digits((observed_ms or {}).get(r.site)))
                                 for r in g.routes])
         for g in (decision.groups if decision is not None and decision.feasible else ())
     ]
+
+
+def two_digits(ms: float | None) -> float | None:
+    """An observed figure rounded to 2 significant digits: noise below that rewrites no status."""
+    return None if ms is None else float(f"{ms:.2g}")

@@ -157,3 +157,65 @@ class ServiceTimeTelemetry:
             if math.isfinite(compute_us) and compute_us > 0:
                 observed[g] = compute_us / 1000.0
         return observed, tuple(errors)
+
+
+@dataclass(frozen=True)
+class SiteReading:
+    """What clients at each site see, per workload (NAMESPACE/NAME, site): request rate, and the
+    cumulative latency histogram as (upper bound in seconds, rate of requests at or under it)."""
+
+    requests_per_second: Mapping[tuple[str, str], float]
+    latency_buckets: Mapping[tuple[str, str], tuple[tuple[float, float], ...]]
+    errors: tuple[str, ...] = ()
+
+
+@dataclass
+class SiteTelemetry:
+    """Reads the fleet's per-site traffic and client-side latency histograms in one query each
+    (series labelled namespace, workload, site — and le for the histogram)."""
+
+    client: PrometheusClient
+    queries: Mapping[str, str]
+
+    def read(self) -> SiteReading:
+        rates: dict[tuple[str, str], float] = {}
+        buckets: dict[tuple[str, str], list[tuple[float, float]]] = {}
+        errors = []
+        try:
+            for s in self.client.query(self.queries["site_requests"]):
+                if math.isfinite(s.value) and s.value >= 0 and _site_key(s):
+                    rates[_site_key(s)] = s.value
+        except TelemetryError as failed:
+            errors.append(str(failed))
+        try:
+            for s in self.client.query(self.queries["route_latency_buckets"]):
+                le = s.labels.get("le")
+                if _site_key(s) and le is not None and math.isfinite(s.value):
+                    buckets.setdefault(_site_key(s), []).append((float(le), s.value))
+        except TelemetryError as failed:
+            errors.append(str(failed))
+        return SiteReading(rates, {k: tuple(sorted(v)) for k, v in buckets.items()}, tuple(errors))
+
+
+def _site_key(s: Sample) -> tuple[str, str] | None:
+    namespace, workload, site = (s.labels.get(k) for k in ("namespace", "workload", "site"))
+    return (f"{namespace}/{workload}", site) if namespace and workload and site else None
+
+
+def latency_quantile_s(buckets: tuple[tuple[float, float], ...], percentile: float) -> float | None:
+    """The latency at `percentile` from a cumulative histogram, interpolated within the bucket it
+    falls in (as PromQL's histogram_quantile); None with no requests, or when it falls in the
+    +Inf bucket (then only a lower bound is known)."""
+    if not buckets or buckets[-1][1] <= 0:
+        return None
+    rank = percentile / 100.0 * buckets[-1][1]
+    lower_bound, lower_count = 0.0, 0.0
+    for upper_bound, count in buckets:
+        if count >= rank:
+            if math.isinf(upper_bound):
+                return None
+            if count == lower_count:
+                return upper_bound
+            return lower_bound + (upper_bound - lower_bound) * (rank - lower_count) / (count - lower_count)
+        lower_bound, lower_count = upper_bound, count
+    return None
