@@ -3,7 +3,11 @@ with the `kubernetes` client as a user would, then real kopf operators (handlers
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 import threading
+import urllib.error
+import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any
@@ -15,6 +19,7 @@ import yaml
 
 from kube.catalogue import all_test_crds
 from kube.cluster import ApiError, Cluster, EmulatedCluster, EmulatorOnly, RealCluster, context_refusal, make_cluster, wait_for
+from kube import patches
 from kube.fixtures import kube, run_operator  # noqa: F401  (fixtures)
 from kube.operators import fast_settings
 
@@ -236,6 +241,22 @@ def test_server_side_apply_keeps_the_status_and_other_managers_fields(kube: Clus
     assert applied["metadata"]["generation"] == 2
 
 
+@pytest.mark.parametrize("live, owners, applied, live_after", [
+    ({"data": {"x": "1", "y": "2"}}, {"a": {"data": {"x": "1", "y": "2"}}}, {"data": {"x": "1"}},
+     {"data": {"x": "1"}}),
+    ({"data": {"x": "1", "y": "2"}}, {"a": {"data": {"x": "1", "y": "2"}}, "b": {"data": {"y": "2"}}},
+     {"data": {"x": "1"}}, {"data": {"x": "1", "y": "2"}}),
+    ({"data": {"y": "2"}, "z": "kept"}, {"a": {"data": {"y": "2"}}}, {"spec": {"n": 1}},
+     {"spec": {"n": 1}, "z": "kept"}),
+], ids=["a field the manager stops applying is removed", "unless another manager applied it too",
+        "an emptied map goes with its last field; unmanaged fields stay"])
+def test_server_side_apply_removes_only_what_no_manager_still_applies(live: dict, owners: dict, applied: dict,
+                                                                      live_after: dict) -> None:
+    merged, new_owners = patches.server_side_apply(live, applied, "a", owners, force=False)
+    assert merged == live_after
+    assert new_owners["a"] == applied
+
+
 # --- selectors ---
 
 @pytest.mark.parametrize("selector, expected", [
@@ -431,13 +452,38 @@ def test_injected_faults_answer_a_number_of_requests_and_the_log_counts_writes(e
     assert writes == [("POST", 201), ("PATCH", 500), ("PATCH", 500), ("PATCH", 200), ("PUT", 409)]
 
 
-def test_a_request_without_a_bearer_token_is_401(emulated: Cluster) -> None:
-    import urllib.error
-    import urllib.request
+def test_any_bearer_token_or_none_is_accepted_but_other_credentials_are_401(emulated: Cluster) -> None:
+    def status(headers: dict[str, str]) -> int:
+        request = urllib.request.Request(f"{emulated.url}/api/v1/namespaces", headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=5) as response:
+                return response.status
+        except urllib.error.HTTPError as refused:
+            return refused.code
 
-    with pytest.raises(urllib.error.HTTPError) as unauthorized:
-        urllib.request.urlopen(f"{emulated.url}/api/v1/namespaces", timeout=5)
-    assert unauthorized.value.code == 401
+    assert status({"Authorization": "Bearer anything"}) == 200
+    assert status({}) == 200  # kubectl sends no credentials to an http:// server
+    assert status({"Authorization": "Basic dXNlcjpwYXNz"}) == 401
+
+
+def test_kubectl_applies_server_side_and_reads_back(kube: Cluster, tmp_path: Path) -> None:
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl is not installed")
+    manifest = tmp_path / "workload.yaml"
+    manifest.write_text(yaml.safe_dump(workload("from-kubectl")))
+
+    def run(*args: str) -> str:
+        done = subprocess.run([kubectl, "--kubeconfig", str(kube.kubeconfig_path), *args], capture_output=True,
+                              text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    applied = run("apply", "--server-side", "--field-manager=kubectl-test", "--validate=false", "-f", str(manifest))
+    model = run("get", "inferenceworkloads", "from-kubectl", "-n", "default", "-o", "jsonpath={.spec.model}")
+    managers = [f["manager"] for f in kube.get(IW, "InferenceWorkload", "from-kubectl", "default")["metadata"]
+                ["managedFields"]]
+    assert "serverside-applied" in applied and model == "resnet" and managers == ["kubectl-test"]
 
 
 # --- the deployment controller ---

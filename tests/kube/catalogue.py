@@ -3,6 +3,8 @@ from CustomResourceDefinitions (the project's `crds/*.yaml` and kopf's peering C
 
 from __future__ import annotations
 
+import copy
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
@@ -93,9 +95,16 @@ def peering_crds() -> list[dict[str, Any]]:
     return [_peering_crd("ClusterKopfPeering", "Cluster"), _peering_crd("KopfPeering", "Namespaced")]
 
 
+@functools.cache
+def _read_crds(directory: Path) -> tuple[dict[str, Any], ...]:
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # the CRDs are large; every test installs them
+    return tuple(doc for path in sorted(directory.glob("*.yaml")) for doc in yaml.load_all(path.read_text(), loader)
+                 if doc)
+
+
 def project_crds(directory: Path = PROJECT_CRDS_DIR) -> list[dict[str, Any]]:
     """The CRDs the project ships (ComputePool, InferenceWorkload), as the chart installs them."""
-    return [doc for path in sorted(directory.glob("*.yaml")) for doc in yaml.safe_load_all(path.read_text()) if doc]
+    return copy.deepcopy(list(_read_crds(directory)))
 
 
 def all_test_crds() -> Iterable[dict[str, Any]]:

@@ -1,33 +1,38 @@
 """An in-memory Kubernetes API server for the operator's integration tests, built on kmock 0.8.
 
-What comes from kmock: the HTTP server (`kmock.Server`, aiohttp on 127.0.0.1 and a free port), API
-discovery and error rendering (`kmock.KubernetesScaffold` over `kmock.ResourceInfo` records), the object
-store with every object's version history (`kmock.ObjectsArray`), and the request records
-(`kmock.Request`, kept in the handler's request list).
+What comes from kmock: API discovery and error rendering (`kmock.KubernetesScaffold` over
+`kmock.ResourceInfo` records, with two fixes to its discovery answers), the object store with every
+object's version history (`kmock.ObjectsArray`), and the request records (`kmock.Request`, kept in
+the handler's request list); aiohttp listens (see `server` for why not `kmock.Server`).
 
 What is written here, because kmock's `KubernetesEmulator` cannot be bent to it:
 - request parsing: kmock 0.8's path parser raises on `/api/v1/namespaces` and reads
   `/api/v1/namespaces/{name}` as a namespace with no resource, so `__call__` parses paths itself;
 - the write semantics (kmock merges every write as a dict patch, has no PUT, no resourceVersion,
-  no generation and no status subresource): a global monotonically increasing resourceVersion,
-  uid/creationTimestamp/generation, 409 AlreadyExists and 409 Conflict on a stale resourceVersion,
-  the four patch content types (see `patches`), status-subresource isolation, finalizers and
-  deletionTimestamp, ownerReference garbage collection, namespace termination;
+  no generation and no status subresource, and applies writes even when a test's reaction answers
+  them with an error): a global monotonically increasing resourceVersion, uid/creationTimestamp/
+  generation, 409 AlreadyExists and 409 Conflict on a stale resourceVersion, the four patch content
+  types (see `patches`), no-op writes that keep the version, status-subresource isolation,
+  finalizers and deletionTimestamp, ownerReference garbage collection, namespace termination, CRDs
+  that start or stop serving their kinds;
 - watches: kmock's watch streams a snapshot and then subscribes to its `Bus`, which loses the changes
   made in between (and `Bus.mark`/`Bus.put` are coroutines, so the two steps cannot be made atomic).
   Here subscription and snapshot happen in one synchronous step, events carry resourceVersions and a
   bounded event log replays `?resourceVersion=N` (410 Expired when N fell out of the log);
-- fault injection, dropping watch streams, a request log with statuses, and a stand-in for
-  kube-controller-manager's deployment controller.
+- fault injection (checked before anything is served, so a failed write changes nothing), dropping
+  watch streams, a request log with statuses, and a stand-in for kube-controller-manager's deployment
+  controller.
 
 Everything runs on one event loop (see `server.EmulatorThread`); every mutation is synchronous code,
 so mutations, event publication and watch subscription never interleave. Methods meant for the test
 thread say so; the rest must run on the emulator's loop.
 
 Approximations, beside those in `patches` and `selectors`: no schema validation or defaulting of
-custom resources; no admission; list `limit`/`continue` are ignored (one page); dryRun is refused;
-Foreground deletion deletes the dependents first instead of waiting on a finalizer; an object whose
-owners never existed is not collected; `metadata.generation` is kept for every kind.
+custom resources (only a Deployment's replicas are defaulted); no admission and no RBAC: any bearer
+token, or none (kubectl sends none to an http:// server), is accepted; list `limit`/`continue` are
+ignored (one page); dryRun is refused; Foreground deletion deletes the dependents first instead of
+waiting on a finalizer; an object whose owners never existed is not collected; deleting a CRD removes
+its objects at once; `metadata.generation` is kept for every kind.
 """
 
 from __future__ import annotations
@@ -288,6 +293,11 @@ class KubeEmulator(kmock.KubernetesScaffold):
     async def _serve_version(self, request: kmock.Request) -> dict[str, Any]:
         served = await super()._serve_version(request)
         served["groupVersion"] = served["groupVersion"].lstrip("/")  # kmock 0.8 says "/v1" for the core group
+        for resource in served["resources"]:  # kmock 0.8 copies names and verbs onto subresources
+            if "/" in resource["name"]:
+                resource.update(singularName="", shortNames=[], categories=[], verbs=["get", "patch", "update"])
+            else:
+                resource["verbs"] = sorted(resource["verbs"])
         return served
 
     def _parse_request(self, raw: aiohttp.web.BaseRequest, body: bytes, route: Route) -> kmock.Request:
@@ -310,9 +320,12 @@ class KubeEmulator(kmock.KubernetesScaffold):
 
     @staticmethod
     def _authenticate(raw: aiohttp.web.BaseRequest) -> None:
-        scheme, _, token = raw.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            raise api_error(401, "Unauthorized: a bearer token is required (any token will do)")
+        """Any bearer token will do; no header is an anonymous request, served as the old insecure port did
+        (kubectl and client-go never send credentials to an http:// server)."""
+        header = raw.headers.get("Authorization")
+        scheme, _, token = (header or "").partition(" ")
+        if header is not None and (scheme.lower() != "bearer" or not token.strip()):
+            raise api_error(401, "Unauthorized: the emulator accepts a bearer token (any) or no credentials")
 
     # --- faults, watches, holds: the test thread's controls ---
 
@@ -841,7 +854,8 @@ class KubeEmulator(kmock.KubernetesScaffold):
                 table[other_part] = patches.release_changed(part_owners, candidate)
         meta["managedFields"] = self._managed_fields(kind, key, old, manager, operation, subresource)
         meta["resourceVersion"] = old_meta["resourceVersion"]
-        if self._comparable(candidate) == self._comparable(old):
+        with_managers = operation == "Apply"  # an Update that changes nothing leaves managedFields alone too
+        if self._comparable(candidate, with_managers) == self._comparable(old, with_managers):
             self._owners[key] = previous_owners
             return copy.deepcopy(old)
 
@@ -865,10 +879,12 @@ class KubeEmulator(kmock.KubernetesScaffold):
         return {k: v for k, v in obj.items() if k not in excluded}
 
     @staticmethod
-    def _comparable(obj: dict[str, Any]) -> dict[str, Any]:
+    def _comparable(obj: dict[str, Any], with_managers: bool) -> dict[str, Any]:
         """An object without what changes on every write (the version, the managers' timestamps)."""
         result = copy.deepcopy(obj)
         result["metadata"].pop("resourceVersion", None)
+        if not with_managers:
+            result["metadata"].pop("managedFields", None)
         for entry in result["metadata"].get("managedFields") or []:
             entry.pop("time", None)
         return result
@@ -885,6 +901,8 @@ class KubeEmulator(kmock.KubernetesScaffold):
             "Orphan" if str(options.get("orphanDependents")).lower() == "true" else "Background")
         if old["metadata"].get("deletionTimestamp"):
             return copy.deepcopy(old)
+        if kind.key == NAMESPACES and name in ("default", "kube-system", "kube-public"):
+            raise api_error(403, f'namespaces "{name}" is forbidden: this namespace may not be deleted')
         if policy == "Orphan":
             self._orphan_dependents(old["metadata"]["uid"])
         elif policy == "Foreground":

@@ -13,7 +13,9 @@ structured-merge-diff field sets:
   applied them too;
 - the applied fields are then deep-merged into the live object (maps merged, lists replaced
   whole: no merge keys, so two managers owning different containers of one list conflict);
-- a non-apply write that changes a leaf takes it away from the apply managers that owned it.
+- a non-apply write that changes a leaf takes it away from the apply managers that owned it; writes
+  by create/update/patch own nothing, so an apply never conflicts with them (a real server reports
+  a conflict with such a manager unless the apply forces).
 """
 
 from __future__ import annotations
