@@ -32,14 +32,15 @@ def test_environment_overrides_and_a_custom_query_keeps_the_others(monkeypatch):
 
 
 @pytest.mark.parametrize("variable, value, says", [
-    ("HETPLACE_REBALANCE_INTERVAL_SECONDS", "1", "greater than or equal to 5"),
+    ("HETPLACE_REBALANCE_INTERVAL_SECONDS", "0.5", "greater than or equal to 1"),
     ("HETPLACE_PROMETHEUS_URL", "not a url", "URL"),
     ("HETPLACE_QUERIES", '{"x": "up{{job=\\"{jobb}\\"}}"}', "jobb"),
     ("HETPLACE_WATCH_NAMESPACES", '["Factory"]', "not a namespace name"),
     ("HETPLACE_PEERING_NAME", "Hetplace!", "pattern"),
-], ids=["a rebalance every second is refused", "a Prometheus URL must be a URL",
+    ("HETPLACE_TRITON_ENDPOINT", "http://{service}:8000", "scheme"),
+], ids=["a rebalance more often than every second is refused", "a Prometheus URL must be a URL",
         "a query naming an unknown placeholder is refused", "namespaces must be DNS labels",
-        "the peering name must be a DNS label"])
+        "the peering name must be a DNS label", "the Triton endpoint is host:port, not a URL"])
 def test_bad_settings_stop_the_operator_naming_the_setting_and_the_rule(monkeypatch, variable, value, says):
     monkeypatch.setenv(variable, value)
     with pytest.raises(ValidationError) as refused:
