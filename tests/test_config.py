@@ -47,3 +47,14 @@ def test_bad_settings_stop_the_operator_naming_the_setting_and_the_rule(monkeypa
         Settings()
     assert says in str(refused.value)
     assert variable.removeprefix("HETPLACE_").lower() in str(refused.value)
+
+
+def test_hetplace_run_refuses_a_bad_setting_before_it_starts(monkeypatch):
+    from click.testing import CliRunner
+
+    from hetplace.cli import main
+
+    monkeypatch.setenv("HETPLACE_REBALANCE_INTERVAL_SECONDS", "0")
+    result = CliRunner().invoke(main, ["run", "--standalone"])
+    assert result.exit_code == 1
+    assert "HETPLACE_REBALANCE_INTERVAL_SECONDS='0'" in result.output and "greater than or equal to 1" in result.output

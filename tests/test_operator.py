@@ -325,3 +325,33 @@ def writes(cluster) -> list[str]:
     """Writes to anything but kopf's peering object (its keep-alives are kopf's own)."""
     return [f"{call.method} {call.path}" for call in cluster.requests()
             if call.method not in ("GET",) and "kopfpeerings" not in call.path]
+
+
+def test_dry_run_decides_and_reports_but_creates_nothing(kube, start_operator):  # noqa: F811
+    operator = start_operator(dry_run="true")
+    apply_factory(kube)
+    w = wait(kube, lambda c: condition(workload(c), "Placed").get("reason") == "DryRun" and workload(c), operator)
+    assert pools_placed(kube) == ["cpu-cloud-eu"] and w["status"]["costPerHour"] == pytest.approx(0.534)
+    assert condition(w, "Ready")["status"] == "False"
+    assert group_names(kube) == [] and group_names(kube, "Service") == [] and group_names(kube, "ConfigMap") == []
+
+
+def test_a_refused_pool_says_why_and_takes_no_part(kube, start_operator):  # noqa: F811
+    operator = start_operator()
+    kube.create_namespace(NS)
+    (gpu,) = factory_pools(("gpu-cloud-eu",))
+    gpu["spec"]["cost"] = {"hourly": 0.81, "tco": {"capex": 600, "amortizationYears": 3, "powerWatts": 25,
+                                                   "pue": 1.0, "electricityPerKWh": 0.25}}
+    try:
+        kube.create(gpu)
+    except Exception as refused:        # a real API server refuses it by the CRD's CEL rule: also fine
+        assert "hourly" in str(refused)
+        return
+    for pool in factory_pools(("cpu-cloud-eu",)):
+        kube.create(pool)
+    refused = wait(kube, lambda c: condition(c.get(*POOL, "gpu-cloud-eu"), "Valid").get("status") == "False"
+                   and c.get(*POOL, "gpu-cloud-eu"), operator, what="the pool's Valid condition")
+    assert "exactly one of hourly or tco" in condition(refused, "Valid")["message"]
+    workload_spec = yaml.safe_load((FACTORY / "workload.yaml").read_text())
+    kube.create(workload_spec)
+    wait(kube, ready_on(["cpu-cloud-eu"]), operator, what="placed without the refused pool")

@@ -247,7 +247,8 @@ def run_operator(priority: int | None, standalone: bool, namespaces: tuple[str, 
     try:
         settings = Settings(**({"watch_namespaces": list(namespaces)} if namespaces else {}))
     except pydantic.ValidationError as refused:
-        raise click.ClickException(f"bad HETPLACE_* setting: {refused}") from None
+        raise click.ClickException("; ".join(
+            f"HETPLACE_{str(e['loc'][0]).upper()}={e.get('input')!r}: {e['msg']}" for e in refused.errors())) from None
     operator_main.run(settings, priority=priority, standalone=standalone, liveness_endpoint=liveness_endpoint)
 
 
