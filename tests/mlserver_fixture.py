@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from servers import free_port, wait_for
+from servers import free_ports, wait_for
 
 HERE = Path(__file__).parent
 MLSERVER = HERE.parent / ".venv-mlserver" / "bin" / "mlserver"
@@ -45,7 +45,7 @@ def mlserver(tmp_path_factory):
         pytest.fail(f"{MLSERVER} is missing: `make test` makes .venv-mlserver/ from tests/mlserver/requirements.txt")
     home = tmp_path_factory.mktemp("mlserver")
     shutil.copytree(MODELS, home / "models")
-    http_port, grpc_port = free_port(), free_port()
+    http_port, grpc_port = free_ports(2)
     (home / "settings.json").write_text(json.dumps({
         "host": "127.0.0.1", "http_port": http_port, "grpc_port": grpc_port,
         "model_repository_root": str(home / "models"),

@@ -54,3 +54,28 @@ def test_fleet_benchmarks_at_smoke_size_write_what_the_readme_reports(tmp_path):
     assert factory["hetplace"]["slo_attainment_pct"] >= 99 and factory["hetplace"]["cost_vs_oracle"] <= 1.05
     stability = {row["policy"]: row for row in json.loads((tmp_path / "stability.json").read_text())["rows"]}
     assert stability["hetplace"]["moves_per_workload_hour"] < stability["oracle"]["moves_per_workload_hour"]
+
+
+def test_operator_benchmarks_at_smoke_size_write_what_the_readme_reports(tmp_path):
+    """The operator process against the API emulator: 20 workloads placed, measured, restarted."""
+    only = ["operator-throughput", "operator-rss", "operator-restart"]
+    run = subprocess.run([sys.executable, str(REPO / "bench" / "run.py"), "--smoke", "--out", str(tmp_path)]
+                         + [arg for name in only for arg in ("--only", name)],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    ceiling, placed = json.loads((tmp_path / "operator-throughput.json").read_text())["rows"]
+    assert ceiling["creates_per_s"] > 0 and ceiling["emulator_cpu_s"] >= 0
+    assert placed["workloads"] == 20 and 0 < placed["all_ready_s"] and placed["workloads_per_s"] > 0
+    assert placed["owned_objects"] >= 3 * 20 and placed["write_budget"] == placed["owned_objects"] + 20
+    by_kind = placed["writes_per_workload_by_kind"]
+    for kind in ("apply Deployment", "apply Service", "apply ConfigMap", "workload status"):
+        assert by_kind[kind] >= 1, by_kind
+    assert "create InferenceWorkload (the bench)" not in by_kind and "kopf peering keep-alive" not in by_kind
+    assert placed["quiet_cycles"] >= 1 and placed["quiet_writes"] == sum(placed["quiet_writes_by_kind"].values())
+    assert placed["operator_cpu_s"] > 0 and placed["emulator_cpu_s"] > 0
+    (rss,) = json.loads((tmp_path / "operator-rss.json").read_text())["rows"]
+    assert rss["workloads"] == 20 and 0 < rss["idle_rss_mb"] <= rss["peak_rss_mb"] and rss["rss_mb"] > 0
+    (restart,) = json.loads((tmp_path / "operator-restart.json").read_text())["rows"]
+    assert 0 < restart["first_decision_s"] <= restart["all_resumed_s"]
+    assert sum(restart["decisions"].values()) >= 20
+    assert restart["restart_writes"] == sum(restart["restart_writes_by_kind"].values())

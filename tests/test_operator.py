@@ -23,7 +23,7 @@ import yaml
 from kube.fixtures import kube  # noqa: F401  (fixture)
 from mlserver_fixture import mlserver  # noqa: F401  (fixture)
 from prometheus_client.parser import text_string_to_metric_families
-from servers import free_port, link_exporter, prometheus  # noqa: F401  (fixtures)
+from servers import free_ports, link_exporter, prometheus  # noqa: F401  (fixtures)
 
 REPO = Path(__file__).resolve().parents[1]
 FACTORY = REPO / "manifests" / "examples" / "factory"
@@ -41,7 +41,7 @@ class OperatorProcess:
     """`python -m hetplace run` logged in through the cluster's kubeconfig, with short intervals."""
 
     def __init__(self, cluster, home: Path, priority: int = 10, **settings: str) -> None:
-        self.metrics_port, self.liveness_port = free_port(), free_port()
+        self.metrics_port, self.liveness_port = free_ports(2)
         self.log_path = home / f"operator-{priority}-{self.metrics_port}.log"
         env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig_path),
                "HETPLACE_METRICS_PORT": str(self.metrics_port), "HETPLACE_METRICS_ADDRESS": "127.0.0.1",
