@@ -315,3 +315,60 @@ def test_observed_latency_is_reported_per_route_and_decides_slo_met():
 
     steady = Telemetry(route_latency_ms={"factory/defect-detector": {"factory-eu-1": 180.9}})
     assert cluster.cycle(T0 + timedelta(minutes=2), steady).status is None, "a steady reading writes nothing"
+
+
+def test_placements_a_dry_run_reported_are_not_taken_as_running():
+    cluster = Cluster(workload_body())
+    picture = cluster.picture()
+    view = picture.workloads["factory/defect-detector"]
+    outcome = converge(view, choose(view, picture, Telemetry(), T0), picture, Telemetry(), {}, T0,
+                       move_timeout_s=600, image="triton:test", dry_run=True)
+    cluster.write(outcome)
+    assert cluster.body["status"]["placements"] and workload_view(cluster.body).running is None
+
+
+def test_a_refused_generation_is_decided_again_not_kept():
+    cluster = placed_cluster()
+    cluster.body["spec"]["slo"]["latencyMs"] = 1
+    cluster.body["metadata"]["generation"] = 2
+    cluster.cycle(T0 + timedelta(minutes=1))
+    again = cluster.cycle(T0 + timedelta(minutes=2))
+    assert cluster.body["status"]["phase"] == "Infeasible" and again.status is None
+
+
+def test_an_object_with_copied_labels_but_no_owner_reference_is_never_pruned():
+    cluster = placed_cluster()
+    canary = copy.deepcopy(cluster.children[("Deployment", "defect-detector-cpu-cloud-eu-openvino-int8")])
+    canary["metadata"]["name"] = "defect-detector-canary"
+    canary["metadata"].pop("ownerReferences")
+    cluster.children[("Deployment", "defect-detector-canary")] = canary
+    cluster.body["metadata"]["generation"] = 2
+    outcome = cluster.cycle(T0 + timedelta(minutes=1), DROP)
+    cluster.cycle(T0 + timedelta(minutes=2), DROP)
+    assert "defect-detector-canary" in deployments(cluster)
+    assert all(c.name != "defect-detector-canary" for c in outcome.delete)
+
+
+def test_a_running_variant_renamed_in_the_spec_is_left_as_it_runs_until_its_replacement_is_ready():
+    cluster = placed_cluster()
+    old = cluster.children[("Deployment", "defect-detector-cpu-cloud-eu-openvino-int8")]
+    cluster.body["spec"]["variants"][1]["name"] = "openvino-int8-v2"
+    cluster.body["metadata"]["generation"] = 2
+    cluster.unavailable.add("defect-detector-cpu-cloud-eu-openvino-int8-v2")
+    moving = cluster.cycle(T0 + timedelta(minutes=1))
+    assert all(o["metadata"]["name"] != old["metadata"]["name"] for o in moving.apply), "the old group is not re-rendered"
+    assert moving.delete == () and cluster.body["status"]["phase"] == "Migrating"
+    cluster.unavailable.clear()
+    cluster.cycle(T0 + timedelta(minutes=2))
+    assert deployments(cluster) == ["defect-detector-cpu-cloud-eu-openvino-int8-v2"]
+
+
+def test_a_group_being_resized_is_not_ready_until_its_deployment_says_so():
+    cluster = placed_cluster()
+    cluster.body["spec"]["replicas"]["min"] = 5         # more replicas of the same group
+    cluster.body["metadata"]["generation"] = 2
+    resized = cluster.cycle(T0 + timedelta(minutes=1))     # readiness was read of the 3-replica Deployment
+    assert [o["spec"]["replicas"] for o in resized.apply if o["kind"] == "Deployment"] == [5]
+    assert condition(cluster, "Ready")["status"] == "False"
+    cluster.cycle(T0 + timedelta(minutes=2))               # the 5 replicas are available now
+    assert condition(cluster, "Ready")["status"] == "True"

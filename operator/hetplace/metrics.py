@@ -68,6 +68,15 @@ class OperatorMetrics:
         for labels in published - now:
             self.predicted_latency.remove(*labels)
 
+    def forget(self, namespace: str, name: str) -> None:
+        """A deleted workload's series go with it."""
+        for labels in self._routes.pop((namespace, name), set()):
+            self.predicted_latency.remove(*labels)
+        try:
+            self.cost.remove(namespace, name)
+        except KeyError:
+            pass
+
     def record_observed_latency(self, by_workload: Mapping[str, Mapping[str, float]]) -> None:
         """Latency clients observe per (workload, site), in seconds; sites no longer reported are dropped."""
         self.observed_latency.clear()

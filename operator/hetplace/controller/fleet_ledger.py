@@ -19,39 +19,56 @@ from hetplace.engine.usage import Ledger
 class FleetLedger:
     """The charges of every placed workload; thread-safe (the index and the deciding thread share it)."""
 
-    def __init__(self) -> None:
+    def __init__(self, to_engine: Callable[[WorkloadView], Workload] | None = None) -> None:
         self.lock = threading.RLock()
-        self._held: dict[str, tuple[Workload, Decision]] = {}
+        self.to_engine = to_engine
+        # per workload: the last view with a valid spec (its pods run by it even while an edit is
+        # refused), the workload as the engine read it then, and what it holds
+        self._held: dict[str, tuple[WorkloadView, Workload, Decision]] = {}
+        self._gone: set[str] = set()            # uids deleted: a late status write does not revive them
         self._pools: tuple[Pool, ...] | None = None
         self._ledger: Ledger | None = None
 
     def update(self, view: WorkloadView, to_engine: Callable[[WorkloadView], Workload]) -> None:
-        """Charge what `view` holds now: the placement it is bringing up, else the one serving."""
+        """Charge what `view` holds now: the placement it is bringing up, else the one serving. A
+        refused spec keeps the charge of the last accepted one (what runs still runs)."""
         held = view.migration_target or view.running
+        uid = (view.body.get("metadata") or {}).get("uid", "")
         with self.lock:
-            if view.valid is None or held is None:
+            self.to_engine = to_engine
+            if uid in self._gone:
+                return
+            if held is None:
                 self.forget(view.key)
                 return
+            if view.valid is None:
+                if view.key not in self._held:
+                    return
+                view = self._held[view.key][0]
             w = to_engine(view)
-            self._held[view.key] = (w, held)
+            self._held[view.key] = (view, w, held)
             if self._ledger is not None:
                 if all(g.pool in self._ledger.pools for g in held.groups):
                     self._ledger.add(w, held)
                 else:
                     self._ledger.remove(w)
 
-    def forget(self, key: str) -> None:
+    def forget(self, key: str, uid: str = "") -> None:
         with self.lock:
+            if uid:
+                self._gone.add(uid)
             held = self._held.pop(key, None)
             if held is not None and self._ledger is not None:
-                self._ledger.remove(held[0])
+                self._ledger.remove(held[1])
 
     def ledger_for(self, pools: tuple[Pool, ...]) -> Ledger:
         """The ledger against `pools` (rebuilt if they differ from last time). Hold `lock` while using it."""
         with self.lock:
             if self._ledger is None or self._pools != pools:
                 names = {p.name for p in pools}
-                self._ledger = Ledger(pools, [(w, d) for w, d in self._held.values()
+                if self.to_engine is not None:      # read each workload again (telemetry may have changed it)
+                    self._held = {k: (v, self.to_engine(v), d) for k, (v, _, d) in self._held.items()}
+                self._ledger = Ledger(pools, [(w, d) for _, w, d in self._held.values()
                                               if all(g.pool in names for g in d.groups)])
                 self._pools = pools
             return self._ledger

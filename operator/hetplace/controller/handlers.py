@@ -62,8 +62,12 @@ def make_registry() -> kopf.OperatorRegistry:
 
     @kopf.index(GROUP, VERSION, "computepools", registry=registry, id="pools")
     def pools(body: kopf.Body, name: str, memo: kopf.Memo, **_: Any) -> dict:
-        memo.operator.wake_soon()           # a pool came, went or changed: rebalance now
-        return {name: pool_view(dict(body))}
+        return {name: memo.operator.pool_indexed(pool_view(dict(body)))}
+
+    @kopf.on.event(GROUP, VERSION, "computepools", registry=registry, id="pool-gone")
+    def pool_gone(type: str, name: str, memo: kopf.Memo, **_: Any) -> None:
+        if type == "DELETED":
+            memo.operator.pool_deleted(name)
 
     @kopf.index("", "v1", "nodes", registry=registry, id="nodes")
     def nodes(body: kopf.Body, name: str, **_: Any) -> dict:
@@ -76,9 +80,9 @@ def make_registry() -> kopf.OperatorRegistry:
         return {view.key: view}
 
     @kopf.on.event(GROUP, VERSION, "inferenceworkloads", registry=registry, id="workload-gone")
-    def workload_gone(type: str, namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
+    def workload_gone(type: str, namespace: str, name: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
         if type == "DELETED":       # what it held is free again (its children go with it, by owner reference)
-            memo.operator.fleet.forget(f"{namespace}/{name}")
+            memo.operator.workload_deleted(f"{namespace}/{name}", body.get("metadata", {}).get("uid", ""))
 
     def owned(body: kopf.Body, **_: Any) -> dict:
         child = child_view(dict(body))
@@ -94,6 +98,8 @@ def make_registry() -> kopf.OperatorRegistry:
         try:
             await memo.operator.reconcile(dict(body))
         except KubeError as failed:
+            if failed.refused:      # status says why; the next spec change tries again
+                raise kopf.PermanentError(str(failed)) from failed
             raise kopf.TemporaryError(str(failed), delay=2) from failed
 
     @kopf.on.event("apps", "v1", "deployments", labels=MANAGED, registry=registry, id="deployment-changed")

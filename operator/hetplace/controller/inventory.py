@@ -95,12 +95,17 @@ def workload_view(body: Mapping[str, Any]) -> WorkloadView:
     except InvalidObject as refused:
         valid, problem = None, str(refused)
     running = decision_from(key, status.placements, objective, status.decision.reason if status and status.decision
-                            else "") if status else None
+                            else "") if status and not _dry_run(status) else None
     migration = status.migration if status else None
     target = decision_from(key, migration.target, objective, migration.reason) if migration else None
     engine = workload_from_spec(valid.metadata.namespace or "default", valid.metadata.name, valid.spec) if valid else None
     return WorkloadView(key, body, valid, problem, running, target, migration.started_at if migration else None, status,
                         engine)
+
+
+def _dry_run(status: InferenceWorkloadStatus) -> bool:
+    """Placements a dry-run operator reported were decided, never deployed: nothing of them runs."""
+    return any(c.type == "Placed" and c.reason == "DryRun" for c in status.conditions)
 
 
 def _status(raw: Any) -> InferenceWorkloadStatus | None:
@@ -138,6 +143,11 @@ class Child:
     applied_hash: str
     available: bool = False
     group: str = ""
+    owner_uid: str = ""
+
+    def owned_by(self, uid: str | None) -> bool:
+        """Whether the workload with `uid` controls it (labels alone can be copied by anyone)."""
+        return not uid or self.owner_uid == uid
 
 
 def child_view(body: Mapping[str, Any]) -> Child | None:
@@ -153,19 +163,19 @@ def child_view(body: Mapping[str, Any]) -> Child | None:
         available = (status.get("observedGeneration", 0) >= meta.get("generation", 1)
                      and status.get("availableReplicas", 0) >= wanted
                      and status.get("updatedReplicas", 0) >= wanted)
-    owner = _owner_name(meta) or workload
-    return Child(f"{meta.get('namespace')}/{owner}", body.get("apiVersion", ""), body.get("kind", ""),
-                 meta.get("namespace", ""), meta.get("name", ""),
+    owner = _owner(meta)
+    return Child(f"{meta.get('namespace')}/{owner.get('name') or workload}", body.get("apiVersion", ""),
+                 body.get("kind", ""), meta.get("namespace", ""), meta.get("name", ""),
                  (meta.get("annotations") or {}).get(APPLIED_HASH, ""), available,
-                 labels.get("hetplace.io/group", ""))
+                 labels.get("hetplace.io/group", ""), owner.get("uid", ""))
 
 
-def _owner_name(meta: Mapping[str, Any]) -> str | None:
-    # the label holds a cut name for long workload names; the owner reference holds the whole one
+def _owner(meta: Mapping[str, Any]) -> Mapping[str, Any]:
+    # the label holds a cut name for long workload names; the controlling owner reference the whole one
     for ref in meta.get("ownerReferences") or []:
-        if ref.get("kind") == "InferenceWorkload":
-            return ref.get("name")
-    return None
+        if ref.get("kind") == "InferenceWorkload" and ref.get("controller"):
+            return ref
+    return {}
 
 
 def with_applied_hash(obj: dict) -> dict:

@@ -26,3 +26,10 @@ def is_leader(peers: Mapping[str, Mapping[str, Any]] | None, identity: str, prio
         if other != identity and _alive(peer, now) and int(peer.get("priority", 0)) >= priority:
             return False
     return True
+
+
+def peering_objects(settings) -> list[tuple[str, str | None]]:
+    """kopf's peering objects for these settings: one cluster-wide, or one per watched namespace."""
+    if not settings.watch_namespaces:
+        return [("ClusterKopfPeering", None)]
+    return [("KopfPeering", namespace) for namespace in settings.watch_namespaces]

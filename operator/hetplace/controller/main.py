@@ -15,6 +15,7 @@ import prometheus_client
 
 from hetplace.config import Settings
 from hetplace.controller.handlers import kopf_settings, make_registry
+from hetplace.controller.leader import peering_objects
 from hetplace.controller.runtime import Operator
 from hetplace.k8s.client import Kube
 from hetplace.metrics import OperatorMetrics
@@ -44,13 +45,11 @@ def build_operator(settings: Settings, *, identity: str, priority: int, standalo
 
 
 def ensure_peering(kube: Kube, settings: Settings) -> None:
-    """kopf waits for its peering object; the chart creates it, and so does the operator if it is missing."""
-    namespaced = bool(settings.watch_namespaces)
-    kind = "KopfPeering" if namespaced else "ClusterKopfPeering"
-    namespace = settings.watch_namespaces[0] if namespaced else None
-    if kube.get("kopf.dev/v1", kind, namespace, settings.peering_name) is None:
-        meta = {"name": settings.peering_name, **({"namespace": namespace} if namespace else {})}
-        kube.apply({"apiVersion": "kopf.dev/v1", "kind": kind, "metadata": meta})
+    """kopf waits for its peering objects; the chart creates them, and so does the operator if one is missing."""
+    for kind, namespace in peering_objects(settings):
+        if kube.get("kopf.dev/v1", kind, namespace, settings.peering_name) is None:
+            meta = {"name": settings.peering_name, **({"namespace": namespace} if namespace else {})}
+            kube.apply({"apiVersion": "kopf.dev/v1", "kind": kind, "metadata": meta})
 
 
 def run(settings: Settings, *, priority: int | None = None, standalone: bool = False,
@@ -65,13 +64,16 @@ def run(settings: Settings, *, priority: int | None = None, standalone: bool = F
     server, _ = prometheus_client.start_http_server(settings.metrics_port, settings.metrics_address,
                                                     registry=operator.metrics.registry)
     log.info("hetplace %s (priority %d) serving metrics on :%d", identity, priority, settings.metrics_port)
-    try:
-        asyncio.run(kopf.operator(
+    async def operate() -> None:
+        operator.stop_flag = asyncio.Event()        # set by the operator itself to restart afresh
+        await kopf.operator(
             registry=make_registry(), settings=kopf_settings(settings), memo=kopf.Memo(operator=operator),
-            identity=identity,
-            priority=priority, standalone=standalone,
+            identity=identity, priority=priority, standalone=standalone,
             peering_name=None if standalone else settings.peering_name,
             clusterwide=not settings.watch_namespaces, namespaces=settings.watch_namespaces,
-            liveness_endpoint=liveness_endpoint))
+            liveness_endpoint=liveness_endpoint, stop_flag=operator.stop_flag)
+
+    try:
+        asyncio.run(operate())
     finally:
         server.shutdown()

@@ -18,7 +18,7 @@ from hetplace.api.status import Phase
 from hetplace.controller.fleet_ledger import FleetLedger
 from hetplace.controller.inventory import Child, Picture, WorkloadView, with_applied_hash
 from hetplace.controller.moves import GroupKey, InFlight, Step, advance
-from hetplace.engine.decision import Decision, GroupPlan
+from hetplace.engine.decision import Decision
 from hetplace.engine.fleet import place_one
 from hetplace.engine.observed import LinkObservation, TrafficObservation, with_links, with_traffic
 from hetplace.engine.snapshot import Snapshot, Workload
@@ -103,7 +103,9 @@ def choose(view: WorkloadView, picture: Picture, telemetry: Telemetry, now: date
     if view.valid is None:
         return Choice("invalid", None, reason=view.problem)
     status = view.status
-    decided_this_generation = status is not None and status.observed_generation == view.generation
+    # a generation refused (invalid, infeasible) is decided again: it may fit now
+    decided_this_generation = (status is not None and status.observed_generation == view.generation
+                               and status.phase not in (Phase.INVALID, Phase.INFEASIBLE))
     known = set(picture.pools)
     if decided_this_generation and view.migration_target is not None and _on(view.migration_target, known):
         return Choice("move", view.migration_target, view.migration_started, view.migration_target.reason)
@@ -121,9 +123,19 @@ def choose(view: WorkloadView, picture: Picture, telemetry: Telemetry, now: date
         return Choice("infeasible", decision, reason=decision.reason)
     if view.running is not None and view.running.fingerprint() == decision.fingerprint():
         return Choice("keep", view.running)
-    why = (f"spec changed (generation {view.generation})" if view.running is not None
-           else "first placement")
+    why = _why_replanned(view, known)
     return Choice("move", dataclasses.replace(decision, reason=f"{why}: {decision.reason}"), now, why)
+
+
+def _why_replanned(view: WorkloadView, pools: set[str]) -> str:
+    if view.running is None:
+        return "first placement"
+    gone = sorted({g.pool for g in view.running.groups} - pools)
+    if gone:
+        return f"ComputePool {', '.join(gone)} removed"
+    if view.status is not None and view.status.observed_generation != view.generation:
+        return f"spec changed (generation {view.generation})"
+    return "re-planned"
 
 
 def _on(decision: Decision, pools: set[str]) -> bool:
@@ -133,7 +145,11 @@ def _on(decision: Decision, pools: set[str]) -> bool:
 def converge(view: WorkloadView, choice: Choice, picture: Picture, telemetry: Telemetry,
              ready: Mapping[GroupKey, bool], now: datetime, *, move_timeout_s: float, image: str,
              dry_run: bool = False, waiting: Mapping[GroupKey, str] | None = None) -> Outcome:
-    """The step a choice leads to now, given which groups are ready (and, for those not, why)."""
+    """The step a choice leads to now, given which groups are ready (and, for those not, why).
+
+    Only the groups of the target are (re-)rendered; a group only the running placement has is
+    left exactly as it runs (its variant may even be gone from the spec) until it is deleted, and
+    nothing hetplace owns is deleted before everything it runs in this step is ready."""
     if choice.verdict in ("invalid", "infeasible"):
         return _refused(view, choice, telemetry, now)
     workload = view.valid
@@ -144,27 +160,38 @@ def converge(view: WorkloadView, choice: Choice, picture: Picture, telemetry: Te
     else:
         started = choice.started or now
         step = advance(InFlight(running, choice.target, started.timestamp(), move_timeout_s), ready, now.timestamp())
-    groups = _groups_to_run(step, choice.target, running)
-    # a group on a pool that is gone from the API keeps running as it is until the move completes
-    orphaned = {group_name(workload.metadata.name, g.pool, g.variant) for g in groups if g.pool not in picture.pools}
-    rendered = render_decision(workload, picture.pools, dataclasses.replace(
-        choice.target, groups=tuple(g for g in groups if g.pool in picture.pools)), default_image=image)
+    target_keys = {(g.pool, g.variant) for g in choice.target.groups}
+    rendered_groups = tuple(dataclasses.replace(g, replicas=step.run[(g.pool, g.variant)])
+                            for g in choice.target.groups
+                            if (g.pool, g.variant) in step.run and g.pool in picture.pools)
+    rendered = render_decision(workload, picture.pools, dataclasses.replace(choice.target, groups=rendered_groups),
+                               default_image=image)
     routes = routes_configmap(workload, step.routes)
     desired = [with_applied_hash(o) for o in (*rendered.deployments, *rendered.services, routes)]
-    owned = {(c.kind, c.name): c for c in picture.children.get(view.key, ())}
+    # groups kept as they run: only the running placement has them, or their pool is gone
+    untouched = {group_name(workload.metadata.name, *k) for k in step.run
+                 if k not in target_keys or k[0] not in picture.pools}
+    uid = (view.body.get("metadata") or {}).get("uid")
+    owned = {(c.kind, c.name): c for c in picture.children.get(view.key, ()) if c.owned_by(uid)}
     apply = tuple(o for o in desired
                   if owned.get((o["kind"], o["metadata"]["name"])) is None
                   or owned[(o["kind"], o["metadata"]["name"])].applied_hash
                   != o["metadata"]["annotations"]["hetplace.io/applied-hash"])
     wanted = {(o["kind"], o["metadata"]["name"]) for o in desired} | {
-        (kind, name) for name in orphaned for kind in ("Deployment", "Service")}
-    delete = tuple(c for key, c in sorted(owned.items()) if key not in wanted)
+        (kind, name) for name in untouched for kind in ("Deployment", "Service")}
+    dropped = {group_name(workload.metadata.name, *k) for k in step.delete}
+    applying = {o["metadata"]["name"] for o in apply if o["kind"] == "Deployment"}
+    all_ready = all(ready.get(k, False) for k in step.run) and not applying
+    delete = tuple(c for key, c in sorted(owned.items())
+                   if key not in wanted and (c.name in dropped or all_ready))
     if dry_run:
         apply, delete = (), ()
 
     moving = step.phase == "Migrating"
     serving = step.routes
-    all_ready = all(ready.get(k, False) for k in step.run)
+    if applying and not dry_run:
+        waiting = {**(waiting or {}), **{k: "Deployment being updated" for k in step.run
+                                         if group_name(workload.metadata.name, *k) in applying}}
     observed = {
         "Valid": Observed(True, "Valid", "spec accepted"),
         "Placed": Observed(True, step.reason, step.message),
@@ -182,18 +209,13 @@ def converge(view: WorkloadView, choice: Choice, picture: Picture, telemetry: Te
         previous=view.status, decided_at=now if new_decision else view.status.decision.at,
         moving_to=choice.target if moving else None, move_started=choice.started if moving else None,
         observed_ms=telemetry.route_latency_ms.get(view.key)).wire()
-    events = _move_events(choice, step, view, now)
+    events = _move_events(choice, step, view)
     return Outcome(apply, delete, _changed(view, status), events,
                    "moving" if moving else ("unchanged" if choice.verdict == "keep" else "placed"), serving)
 
 
 def _sizes(decision: Decision) -> dict[GroupKey, int]:
     return {(g.pool, g.variant): g.replicas for g in decision.groups}
-
-
-def _groups_to_run(step: Step, target: Decision, running: Decision | None) -> tuple[GroupPlan, ...]:
-    plans = {(g.pool, g.variant): g for g in (*(running.groups if running else ()), *target.groups)}
-    return tuple(dataclasses.replace(plans[k], replicas=n) for k, n in sorted(step.run.items()))
 
 
 def _slo_met(decision: Decision, slo_ms: float, observed_ms: Mapping[str, float]) -> Observed:
@@ -210,11 +232,11 @@ def _slo_met(decision: Decision, slo_ms: float, observed_ms: Mapping[str, float]
     return Observed(False, "PredictedOverSLO", f"worst predicted route latency {worst:.1f} ms > SLO {slo_ms:g} ms")
 
 
-def _move_events(choice: Choice, step: Step, view: WorkloadView, now: datetime) -> tuple[Note, ...]:
+def _move_events(choice: Choice, step: Step, view: WorkloadView) -> tuple[Note, ...]:
     if choice.verdict != "move":
         return ()
     notes = []
-    if choice.started == now:
+    if view.migration_target is None:         # the move starts now (not one read back from status)
         what = ", ".join(f"{g.pool}/{g.variant} x{g.replicas}" for g in choice.target.groups)
         notes.append(Note("Normal", "Placing" if view.running is None else "Moving", f"{choice.reason}: to {what}"))
     if step.finished:

@@ -16,8 +16,8 @@ from typing import Any, Callable, Mapping
 from hetplace.config import Settings
 from hetplace.api.status import ComputePoolStatus
 from hetplace.controller.fleet_ledger import FleetLedger
-from hetplace.controller.inventory import Child, Picture, WorkloadView, live_pool, workload_view
-from hetplace.controller.leader import is_leader
+from hetplace.controller.inventory import Child, Picture, PoolView, WorkloadView, live_pool, workload_view
+from hetplace.controller.leader import is_leader, peering_objects
 from hetplace.controller.moves import GroupKey
 from hetplace.controller.reconcile import (
     Choice,
@@ -44,7 +44,7 @@ from hetplace.telemetry.prometheus import (
 from hetplace.telemetry.triton import triton_endpoint
 from hetplace.engine.rebalance import Running, plan_moves
 from hetplace.k8s.client import Kube, KubeError
-from hetplace.k8s.status import Observed, pool_status
+from hetplace.k8s.status import Observed, pool_status, two_digits
 from hetplace.metrics import OperatorMetrics
 from hetplace.render.names import group_name
 
@@ -76,6 +76,23 @@ class Operator:
     site_telemetry: SiteTelemetry | None = None
     locks: dict[str, asyncio.Lock] = field(default_factory=dict)
     fleet: FleetLedger = field(default_factory=FleetLedger)
+    timed_out: dict[str, tuple[str, float]] = field(default_factory=dict)
+    last_valid_pools: dict[str, PoolView] = field(default_factory=dict)
+    telemetry_read_at: float = float("-inf")
+    telemetry_fresh_at: float = 0.0
+    was_follower: bool = False
+    stop_flag: asyncio.Event | None = None
+
+    @property
+    def stale(self) -> bool:
+        """kopf resumed this instance after a pause: its indexes missed what happened meanwhile."""
+        return self.was_follower
+
+    def restart(self, why: str) -> None:
+        """Stop the operator (its pod restarts with a fresh view of the cluster)."""
+        log.warning("%s", why)
+        if self.stop_flag is not None and not self.stop_flag.is_set():
+            self.stop_flag.set()
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     event_loop: asyncio.AbstractEventLoop | None = None
 
@@ -103,6 +120,28 @@ class Operator:
         return Picture(pools=pools, pool_views=pool_views, nodes=tuple(values("nodes")), workloads=workloads,
                        children={k: tuple(v) for k, v in children.items()})
 
+    def pool_indexed(self, view: PoolView) -> PoolView:
+        """A ComputePool as the index keeps it: a refused edit keeps the last accepted spec (with the
+        problem reported), so bad input never moves what runs there; a new spec rebalances now."""
+        before = self.last_valid_pools.get(view.name)
+        if view.valid is not None:
+            self.last_valid_pools[view.name] = view
+            if before is None or before.generation != view.generation:
+                self.wake_soon()
+            return view
+        if before is not None:
+            return dataclasses.replace(view, valid=before.valid)
+        return view
+
+    def pool_deleted(self, name: str) -> None:
+        self.last_valid_pools.pop(name, None)
+        self.wake_soon()
+
+    def workload_deleted(self, key: str, uid: str) -> None:
+        self.fleet.forget(key, uid)
+        self.timed_out.pop(key, None)
+        self.metrics.forget(*key.split("/", 1))
+
     def to_engine(self, view: WorkloadView) -> Workload:
         return engine_workload(view, self.telemetry)
 
@@ -114,14 +153,29 @@ class Operator:
         return self.locks.setdefault(key, asyncio.Lock())
 
     # ---- one workload ---------------------------------------------------------------------------
-    async def reconcile(self, body: Mapping[str, Any], choice: Choice | None = None) -> Outcome:
-        """Decide (or take `choice`), check readiness, take the next step; under the workload's lock."""
-        view = workload_view(body)
-        async with self.lock(view.key):
+    async def reconcile(self, body: Mapping[str, Any], planned: Planned | None = None) -> Outcome | None:
+        """Decide (or take a `planned` move), check readiness, take the next step: under the
+        workload's lock, on the workload as the API holds it now (an event's body or a plan may be
+        stale by then). A planned move made for another generation or placement is dropped."""
+        meta = body.get("metadata", {})
+        key = f"{meta.get('namespace') or 'default'}/{meta.get('name')}"
+        async with self.lock(key):
+            if self.stale:
+                self.restart("this instance resumed after a pause: its view of the cluster may be stale")
+                return None
+            fresh = await asyncio.to_thread(self.kube.get, API_VERSION, "InferenceWorkload", meta.get("namespace"),
+                                            meta.get("name"))
+            if fresh is None:
+                return None         # deleted meanwhile
+            view = workload_view(fresh)
+            if planned is not None and not planned.still_applies(view):
+                return None
             started = time.perf_counter()
             picture = self.picture(only=view)
             now = self.clock()
-            choice = choice or await asyncio.to_thread(choose, view, picture, self.telemetry, now, self.fleet)
+            choice = planned.choice if planned is not None else await asyncio.to_thread(
+                choose, view, picture, self.telemetry, now, self.fleet)
+            choice = self.backed_off(view, choice)
             if choice.verdict in ("keep", "move"):
                 self.metrics.decision_duration.observe(time.perf_counter() - started)
             ready, why = (await self.readiness(view, choice, picture) if choice.verdict in ("keep", "move")
@@ -129,8 +183,39 @@ class Operator:
             outcome = converge(view, choice, picture, self.telemetry, ready, now, waiting=why,
                                move_timeout_s=self.settings.move_timeout_seconds, image=self.settings.triton_image,
                                dry_run=self.settings.dry_run)
-            await asyncio.to_thread(self.execute, view, outcome)
+            try:
+                await asyncio.to_thread(self.execute, view, outcome)
+            except KubeError as failed:
+                if failed.refused:      # say so in status: retrying the same request will not help
+                    await asyncio.to_thread(self.report_refusal, view, failed)
+                raise
+            if any(n.reason == "MoveTimedOut" for n in outcome.events):
+                self.timed_out[view.key] = (choice.target.fingerprint(),
+                                            time.monotonic() + self.settings.move_timeout_seconds)
             return outcome
+
+    def backed_off(self, view: WorkloadView, choice: Choice) -> Choice:
+        """A new move to a target that just timed out waits one timeout before it is tried again."""
+        failed = self.timed_out.get(view.key)
+        if (failed is None or choice.verdict != "move" or view.migration_target is not None
+                or view.running is None or failed[0] != choice.target.fingerprint()):
+            return choice
+        if time.monotonic() >= failed[1]:
+            del self.timed_out[view.key]
+            return choice
+        return Choice("keep", view.running)
+
+    def report_refusal(self, view: WorkloadView, failed: KubeError) -> None:
+        meta = view.body.get("metadata", {})
+        conditions = [c for c in (view.body.get("status") or {}).get("conditions", []) if c.get("type") != "Ready"]
+        now = self.clock().isoformat().replace("+00:00", "Z")
+        conditions.append({"type": "Ready", "status": "False", "reason": "ApplyRefused", "message": str(failed)[:2000],
+                           "lastTransitionTime": now, "observedGeneration": view.generation})
+        try:
+            self.kube.patch_status(API_VERSION, "InferenceWorkload", meta.get("namespace"), meta.get("name"),
+                                   {"conditions": conditions})
+        except KubeError as lost:
+            log.warning("%s: could not report %s: %s", view.key, failed, lost)
 
     async def readiness(self, view: WorkloadView, choice: Choice,
                         picture: Picture) -> tuple[dict[GroupKey, bool], dict[GroupKey, str]]:
@@ -165,9 +250,9 @@ class Operator:
         for child in outcome.delete:
             self.kube.delete(child.api_version, child.kind, child.namespace, child.name)
         meta = view.body.get("metadata", {})
-        if outcome.status is not None:
+        if outcome.status is not None:      # against the version decided on: a 409 means decide again
             written = self.kube.patch_status(API_VERSION, "InferenceWorkload", meta.get("namespace"), meta.get("name"),
-                                             outcome.status)
+                                             outcome.status, resource_version=meta.get("resourceVersion"))
             if written:       # charge it now: the next decision must not wait for the watch to see it
                 self.indexed(workload_view(written))
         now = self.clock().isoformat().replace("+00:00", "Z")
@@ -178,17 +263,21 @@ class Operator:
             except KubeError as lost:       # an Event is a courtesy; the status already says it
                 log.warning("event %s on %s not recorded: %s", note.reason, view.key, lost)
         namespace, name = view.key.split("/", 1)
-        self.metrics.record_outcome(namespace, name, "placed" if outcome.outcome == "moving" else outcome.outcome,
-                                    outcome.serving)
+        if outcome.status is not None or outcome.apply or outcome.delete:      # a poll that changed nothing is no decision
+            self.metrics.record_outcome(namespace, name, "placed" if outcome.outcome == "moving" else outcome.outcome,
+                                        outcome.serving)
 
     # ---- the loop ---------------------------------------------------------------------------------
     def leading(self) -> bool:
+        """Whether kopf's peering leaves this instance working (in every watched namespace)."""
         if self.standalone:
             return True
-        kind = "ClusterKopfPeering" if not self.settings.watch_namespaces else "KopfPeering"
-        namespace = self.settings.watch_namespaces[0] if self.settings.watch_namespaces else None
-        peering = self.kube.get("kopf.dev/v1", kind, namespace, self.settings.peering_name)
-        return is_leader((peering or {}).get("status"), self.identity, self.priority, self.clock())
+        now = self.clock()
+        for kind, namespace in peering_objects(self.settings):
+            peering = self.kube.get("kopf.dev/v1", kind, namespace, self.settings.peering_name)
+            if peering is None or not is_leader(peering.get("status"), self.identity, self.priority, now):
+                return False    # without its peering object kopf stays paused too
+        return True
 
     async def progress_moves(self) -> None:
         """Take the next step of every move under way and of every placement not yet ready."""
@@ -197,9 +286,9 @@ class Operator:
                 await self._safely(view.body)
 
     async def progress(self, key: str) -> None:
-        """A child of `key` changed: take its next step if it is moving or waiting."""
-        view = self.picture().workloads.get(key)
-        if view is not None and _in_progress(view):
+        """A child of `key` changed (it became available, or stopped being so): look again."""
+        index = self.indices.get("workloads") or {}
+        for view in list(index.get(key, ())):
             await self._safely(view.body)
 
     def publish_pools(self, picture: Picture) -> None:
@@ -236,8 +325,8 @@ class Operator:
 
     async def rebalance(self) -> None:
         """Telemetry -> global solve -> hysteresis -> bounded moves (DESIGN §4)."""
-        await asyncio.to_thread(self.read_telemetry)
-        picture = self.picture()
+        picture = self.picture()        # read on the event loop: kopf's indexes change there
+        await self.refresh_telemetry(picture)
         await asyncio.to_thread(self.publish_pools, picture)
         valid = [v for v in picture.workloads.values() if v.valid is not None and v.migration_target is None]
         if not valid:
@@ -252,18 +341,32 @@ class Operator:
                                        time_limit_s=self.settings.solver_time_limit_seconds)
         by_key = {v.key: v for v in valid}
         for move in plan.moves:
-            self.metrics.moves.labels(move.reason, move.kind).inc()
-            after = move.after
-            choice = Choice("move", _with_reason(after, f"{move.reason}: {move.why}"), now, f"{move.reason}: {move.why}")
-            await self._safely(by_key[move.workload].body, choice)
+            why = f"{move.reason}: {move.why}"
+            planned = Planned(Choice("move", _with_reason(move.after, why), now, why), by_key[move.workload])
+            if await self._safely(by_key[move.workload].body, planned):
+                self.metrics.moves.labels(move.reason, move.kind).inc()
         self.metrics.infeasible.set(sum(1 for h in plan.held if h.why.startswith("no placement")))
 
-    def read_telemetry(self) -> None:
+    async def refresh_telemetry(self, picture: Picture) -> None:
+        """Read telemetry (every `telemetry_interval_seconds`) and look again at the workloads whose
+        TelemetryFresh, SLOMet or observed latency it changes (status is written only if it differs)."""
+        if self.link_telemetry is None or time.monotonic() - self.telemetry_read_at < \
+                self.settings.telemetry_interval_seconds:
+            return
+        before = self.telemetry
+        await asyncio.to_thread(self.read_telemetry, picture)
+        self.telemetry_read_at = time.monotonic()
+        after = self.telemetry
+        for view in picture.workloads.values():
+            if view.running is not None and (after.fresh != before.fresh or _seen(after, view.key) != _seen(
+                    before, view.key)):
+                await self._safely(view.body)
+
+    def read_telemetry(self, picture: Picture) -> None:
         """Links (bandwidth, RTT), each running group's service time, and per site the traffic and the
         latency clients observe, through the PromQL templates."""
         if self.link_telemetry is None:
             return
-        picture = self.picture()
         placed = [v for v in picture.workloads.values() if v.valid is not None and v.running is not None]
         reading = self.link_telemetry.read(picture.engine_pools())
         corrections, failed = self._corrections(placed)
@@ -290,8 +393,10 @@ class Operator:
         if (observed.corrections, observed.traffic) != (self.telemetry.corrections, self.telemetry.traffic):
             self.fleet.reset()          # the engine's view of the workloads changed
         self.telemetry = observed
+        if reading.fresh:
+            self.telemetry_fresh_at = time.time()
         self.metrics.telemetry_age.labels("prometheus").set(
-            0 if reading.fresh else self.settings.telemetry_stale_after_seconds)
+            time.time() - self.telemetry_fresh_at if self.telemetry_fresh_at else float("nan"))
         self.metrics.record_observed_latency(latency)
 
     def _corrections(self, placed: list[WorkloadView]) -> tuple[dict[str, dict[tuple[str, str], float]], list[str]]:
@@ -308,12 +413,16 @@ class Operator:
                     correction_factor(ms, profile.profile.latency_ms)
         return corrections, list(failed)
 
-    async def _safely(self, body: Mapping[str, Any], choice: Choice | None = None) -> None:
+    async def _safely(self, body: Mapping[str, Any], planned: Planned | None = None) -> Outcome | None:
+        """One workload's step from the loop: its failure is logged and stays its own."""
+        name = f"{body.get('metadata', {}).get('namespace')}/{body.get('metadata', {}).get('name')}"
         try:
-            await self.reconcile(body, choice)
+            return await self.reconcile(body, planned)
         except KubeError as failed:
-            log.warning("%s/%s: %s (will retry next cycle)", body.get("metadata", {}).get("namespace"),
-                        body.get("metadata", {}).get("name"), failed)
+            log.warning("%s: %s (will retry next cycle)", name, failed)
+        except Exception:
+            log.exception("%s: reconcile failed (will retry next cycle)", name)
+        return None
 
     async def run_loop(self, stop: asyncio.Event) -> None:
         """On the leader: progress moves every `move_poll_seconds`, rebalance every `rebalance_interval_seconds`
@@ -323,6 +432,12 @@ class Operator:
             try:
                 leading = await asyncio.to_thread(self.leading)
                 self.metrics.leader.set(1 if leading else 0)
+                if not leading:
+                    self.was_follower = True
+                elif self.was_follower:
+                    self.restart("taking over from another instance: restarting to read the cluster afresh "
+                                 "(kopf's indexes are not refreshed while paused)")
+                    return
                 if leading:
                     await self.progress_moves()
                     due = time.monotonic() - last_rebalance >= self.settings.rebalance_interval_seconds
@@ -339,6 +454,25 @@ class Operator:
                 await asyncio.wait_for(self.wake.wait(), timeout=self.settings.move_poll_seconds)
             except asyncio.TimeoutError:
                 pass
+
+
+@dataclass(frozen=True)
+class Planned:
+    """A move the rebalance planned on `seen`; it applies only while the workload is as it was seen."""
+
+    choice: Choice
+    seen: WorkloadView
+
+    def still_applies(self, now: WorkloadView) -> bool:
+        same_running = (now.running.fingerprint() if now.running else None) == (
+            self.seen.running.fingerprint() if self.seen.running else None)
+        return (now.generation == self.seen.generation and same_running and now.migration_target is None
+                and now.valid is not None)
+
+
+def _seen(telemetry: Telemetry, key: str) -> dict[str, float | None]:
+    """What a workload's status shows of telemetry: observed latency per site, two digits."""
+    return {site: two_digits(ms) for site, ms in telemetry.route_latency_ms.get(key, {}).items()}
 
 
 def _pool_status(raw: Mapping[str, Any]) -> ComputePoolStatus | None:

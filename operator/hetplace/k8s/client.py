@@ -16,7 +16,9 @@ from typing import Any, Callable, Iterable
 import kubernetes
 
 FIELD_MANAGER = "hetplace"
-RETRIED_STATUSES = {0, 409, 429, 500, 502, 503, 504}
+# not 409: server-side apply and resourceVersion-less merge patches do not conflict, and a conflict
+# on anything else means what was read is stale — the caller decides again rather than resend it
+RETRIED_STATUSES = {0, 429, 500, 502, 503, 504}
 log = logging.getLogger(__name__)
 
 
@@ -63,6 +65,11 @@ class KubeError(Exception):
         super().__init__(f"{method} {path}: {status or 'no answer'}: {message}")
         self.status = status
 
+    @property
+    def refused(self) -> bool:
+        """The API refused the request itself (4xx but a conflict or throttling): resending will not help."""
+        return 400 <= self.status < 500 and self.status not in (409, 429)
+
 
 def kind_of(obj_or_api_version: dict | str, kind: str | None = None) -> Kind:
     api_version, kind = ((obj_or_api_version["apiVersion"], obj_or_api_version["kind"])
@@ -99,7 +106,8 @@ class Kube:
         return cls(kubernetes.client.ApiClient(configuration))
 
     def request(self, method: str, path: str, query: Iterable[tuple[str, str]] = (), body: Any = None,
-                content_type: str = "application/json", missing_ok: bool = False) -> dict | None:
+                content_type: str = "application/json", missing_ok: bool = False,
+                exists_ok: bool = False) -> dict | None:
         """One call, retried on conflicts, throttling, server errors and lost connections."""
         if method != "GET":
             self.writes += 1
@@ -108,8 +116,8 @@ class Kube:
             status, answer = self._once(method, path, query, body, content_type)
             if 200 <= status < 300:
                 return answer
-            if status == 404 and missing_ok:
-                return None
+            if (status == 404 and missing_ok) or (status == 409 and exists_ok and attempt > 1):
+                return None     # (a create retried after a lost answer finds what it created)
             message = answer.get("message", "") if isinstance(answer, dict) else str(answer)
             if status not in RETRIED_STATUSES or attempt == self.attempts:
                 raise KubeError(method, path, status, message)
@@ -158,9 +166,14 @@ class Kube:
         query = [("labelSelector", ",".join(f"{key}={value}" for key, value in sorted(labels.items())))] if labels else []
         return (self.request("GET", path, query) or {}).get("items", [])
 
-    def patch_status(self, api_version: str, kind: str, namespace: str | None, name: str, status: dict) -> dict | None:
-        """Merge-patch `status` through the status subresource (spec is never written)."""
-        return self.request("PATCH", kind_of(api_version, kind).path(namespace, name, "status"), body={"status": status},
+    def patch_status(self, api_version: str, kind: str, namespace: str | None, name: str, status: dict,
+                     resource_version: str | None = None) -> dict | None:
+        """Merge-patch `status` through the status subresource (spec is never written); with
+        `resource_version`, only if the object is still at that version (else 409)."""
+        body: dict[str, Any] = {"status": status}
+        if resource_version:
+            body["metadata"] = {"resourceVersion": resource_version}
+        return self.request("PATCH", kind_of(api_version, kind).path(namespace, name, "status"), body=body,
                             content_type="application/merge-patch+json", missing_ok=True)
 
     def event(self, involved: dict, type_: str, reason: str, message: str, now_iso: str) -> None:
@@ -176,4 +189,4 @@ class Kube:
             "type": type_, "reason": reason, "message": message[:1024],
             "firstTimestamp": now_iso, "lastTimestamp": now_iso, "count": 1,
             "source": {"component": "hetplace"}, "reportingComponent": "hetplace",
-        })
+        }, exists_ok=True)
