@@ -360,3 +360,39 @@ def test_a_refused_pool_says_why_and_takes_no_part(kube, start_operator):  # noq
     workload_spec = yaml.safe_load((FACTORY / "workload.yaml").read_text())
     kube.create(workload_spec)
     wait(kube, ready_on(["cpu-cloud-eu"]), operator, what="placed without the refused pool")
+
+
+def test_a_refused_pool_edit_moves_nothing(kube, start_operator):  # noqa: F811
+    operator = start_operator()
+    apply_factory(kube)
+    wait(kube, ready_on(["cpu-cloud-eu"]), operator)
+    try:
+        kube.patch(*POOL, "cpu-cloud-eu", {"spec": {"nodes": {"cpu": "0"}}})
+    except Exception as refused:        # a real API server may refuse it by the schema: also fine
+        assert "cpu" in str(refused)
+        return
+    wait(kube, lambda c: condition(c.get(*POOL, "cpu-cloud-eu"), "Valid").get("status") == "False", operator,
+         what="the pool's edit refused")
+    cycles = operator.metric("hetplace_rebalance_cycles_total") or 0
+    wait(kube, lambda c: (operator.metric("hetplace_rebalance_cycles_total") or 0) >= cycles + 2, operator,
+         what="two rebalance cycles after the refused edit")
+    assert pools_placed(kube) == ["cpu-cloud-eu"] and group_names(kube) == [CPU_GROUP]
+
+
+def test_watching_several_namespaces_places_in_each(kube, start_operator):  # noqa: F811
+    kube.create_namespace("other")
+    operator = start_operator(watch_namespaces='["factory", "other"]')
+    apply_factory(kube)
+    wait(kube, ready_on(["cpu-cloud-eu"]), operator, what="placed with two namespaces watched")
+    assert kube.get("kopf.dev/v1", "KopfPeering", "hetplace", "other") is not None
+
+
+def test_telemetry_that_cannot_be_read_is_reported_without_any_other_change(kube, start_operator):  # noqa: F811
+    nowhere = f"http://127.0.0.1:{free_ports(1)[0]}"
+    operator = start_operator(prometheus_url=nowhere, telemetry_interval_seconds="1")
+    apply_factory(kube)
+    wait(kube, ready_on(["cpu-cloud-eu"]), operator)
+    w = wait(kube, lambda c: condition(workload(c), "TelemetryFresh").get("reason") == "PrometheusError"
+             and workload(c), operator, what="TelemetryFresh=False once Prometheus cannot be read")
+    assert nowhere.split("//")[1] in condition(w, "TelemetryFresh")["message"]
+    assert pools_placed(kube) == ["cpu-cloud-eu"], "the declared links still decide"

@@ -319,7 +319,7 @@ class Operator:
             if patch is None:
                 continue
             self.kube.patch_status(API_VERSION, "ComputePool", None, name, patch)
-            if view.valid is None and not (previous and any(c.message == view.problem for c in previous.conditions)):
+            if view.problem and not (previous and any(c.message.startswith(view.problem) for c in previous.conditions)):
                 self.kube.event({"apiVersion": API_VERSION, "kind": "ComputePool", "metadata": {"name": name}},
                                 "Warning", "InvalidSpec", view.problem, now.isoformat().replace("+00:00", "Z"))
 

@@ -96,7 +96,9 @@ def pool_status(generation: int, pool: Pool | None, nodes_matching: int, allocat
         ready = Observed(True, "NodesReady", f"{pool.node_count} of {nodes_matching} matching nodes Ready")
     else:
         ready = Observed(True, "DeclaredShape", "no node matches nodeSelector: planning with spec.nodes")
-    observed = {"Valid": Observed(True, "Valid", "spec accepted"), "Ready": ready}
+    valid = (Observed(False, "InvalidSpec", f"{problem}; the last accepted spec stays in use") if problem
+             else Observed(True, "Valid", "spec accepted"))
+    observed = {"Valid": valid, "Ready": ready}
     return ComputePoolStatus(
         observed_generation=generation,
         conditions=conditions_of(POOL_CONDITION_TYPES, observed, previous.conditions if previous else [],
