@@ -372,3 +372,19 @@ def test_a_group_being_resized_is_not_ready_until_its_deployment_says_so():
     assert condition(cluster, "Ready")["status"] == "False"
     cluster.cycle(T0 + timedelta(minutes=2))               # the 5 replicas are available now
     assert condition(cluster, "Ready")["status"] == "True"
+
+
+def test_a_placement_read_back_from_status_protects_its_routes_as_the_decision_did():
+    from hetplace.engine.usage import tolerances_of
+
+    cluster = Cluster(workload_body())
+    picture = cluster.picture()
+    view = picture.workloads["factory/defect-detector"]
+    decided = choose(view, picture, Telemetry(), T0).target
+    cluster.cycle(T0)
+    read_back = workload_view(cluster.body)
+    pools = {p.name: p for p in cluster.picture().engine_pools()}
+    by_status = tolerances_of(read_back.engine, read_back.running, pools)
+    by_engine = tolerances_of(read_back.engine, decided, pools)
+    assert by_status.keys() == by_engine.keys()
+    assert all(by_status[k] == pytest.approx(by_engine[k], rel=1e-4) for k in by_engine)

@@ -54,6 +54,8 @@ class RouteStatus(StatusModel):
     """Requests per second planned over this route."""
     predicted_latency_ms: float = Field(ge=0)
     """Latency at the SLO percentile predicted by the placement model."""
+    predicted_compute_ms: float | None = Field(default=None, ge=0)
+    """Of which in the group (queueing and service); the rest is the network."""
     observed_latency_ms: float | None = Field(default=None, ge=0)
     """Latency at the SLO percentile observed through telemetry."""
 

@@ -122,7 +122,9 @@ def decision_from(key: str, placements: Iterable[PlacementStatus], objective: st
     variants, replicas, routes and their encodings and rates)."""
     groups = tuple(
         GroupPlan(p.pool, p.variant, p.replicas, p.cost_per_hour,
-                  tuple(RoutePlan(r.site, r.encoding, r.requests_per_second, r.predicted_latency_ms, 0.0, 0.0, 0.0)
+                  tuple(RoutePlan(r.site, r.encoding, r.requests_per_second, r.predicted_latency_ms,
+                                  r.predicted_latency_ms - (r.predicted_compute_ms or 0.0),
+                                  r.predicted_compute_ms or 0.0, 0.0)
                         for r in p.routes))
         for p in placements)
     if not groups:

@@ -123,6 +123,7 @@ def placements_of(name: str, decision: Decision | None,
                         deployment=group_name(name, g.pool, g.variant), service=group_name(name, g.pool, g.variant),
                         routes=[RouteStatus(site=r.site, encoding=r.encoding, requests_per_second=r.requests_per_second,
                                             predicted_latency_ms=round(r.predicted_latency_ms, 3),
+                                            predicted_compute_ms=round(r.compute_ms, 3),
                                             observed_latency_ms=two_digits((observed_ms or {}).get(r.site)))
                                 for r in g.routes])
         for g in (decision.groups if decision is not None and decision.feasible else ())
