@@ -396,3 +396,23 @@ def test_telemetry_that_cannot_be_read_is_reported_without_any_other_change(kube
              and workload(c), operator, what="TelemetryFresh=False once Prometheus cannot be read")
     assert nowhere.split("//")[1] in condition(w, "TelemetryFresh")["message"]
     assert pools_placed(kube) == ["cpu-cloud-eu"], "the declared links still decide"
+
+
+def test_a_group_name_another_workload_owns_is_never_taken_over(kube, start_operator):  # noqa: F811
+    # "defect-detector" on pool "cpu-cloud-eu" and "defect-detector-cpu" on pool "cloud-eu" both ask
+    # for the Deployment "defect-detector-cpu-cloud-eu-openvino-int8"
+    operator = start_operator()
+    created = apply_factory(kube, constraints={"regions": ["eu-west-1"], "pools": ["cpu-cloud-eu"]})
+    wait(kube, ready_on(["cpu-cloud-eu"]), operator)
+    (twin,) = factory_pools(("cpu-cloud-eu",))
+    twin["metadata"]["name"] = "cloud-eu"
+    kube.create(twin)
+    rival = yaml.safe_load((FACTORY / "workload.yaml").read_text())
+    rival["metadata"]["name"] = "defect-detector-cpu"
+    rival["spec"]["constraints"] = {"regions": ["eu-west-1"], "pools": ["cloud-eu"]}
+    kube.create(rival)
+    wait(kube, lambda c: "NameConflict" in [e["reason"] for e in c.list("v1", "Event", NS)], operator,
+         what="the conflict reported")
+    (deployment,) = [d for d in kube.list("apps/v1", "Deployment", NS) if d["metadata"]["name"] == CPU_GROUP]
+    assert [r["uid"] for r in deployment["metadata"]["ownerReferences"]] == [created["metadata"]["uid"]]
+    assert condition(workload(kube), "Ready")["status"] == "True"

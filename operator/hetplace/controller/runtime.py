@@ -21,6 +21,7 @@ from hetplace.controller.leader import is_leader, peering_objects
 from hetplace.controller.moves import GroupKey
 from hetplace.controller.reconcile import (
     Choice,
+    Note,
     Outcome,
     Telemetry,
     choose,
@@ -78,6 +79,7 @@ class Operator:
     fleet: FleetLedger = field(default_factory=FleetLedger)
     timed_out: dict[str, tuple[str, float]] = field(default_factory=dict)
     last_valid_pools: dict[str, PoolView] = field(default_factory=dict)
+    reported_conflicts: set[tuple[str, str]] = field(default_factory=set)
     telemetry_read_at: float = float("-inf")
     telemetry_fresh_at: float = 0.0
     was_follower: bool = False
@@ -245,7 +247,16 @@ class Operator:
 
     def execute(self, view: WorkloadView, outcome: Outcome) -> None:
         """Apply what changed, prune what is no longer wanted, write status, record Events."""
+        uid = view.body.get("metadata", {}).get("uid")
+        conflicts = []
         for obj in outcome.apply:
+            holder = self.held_by_another(obj, uid)
+            if holder:
+                conflict = f"{obj['kind']} {obj['metadata']['name']} already belongs to {holder}"
+                if (view.key, conflict) not in self.reported_conflicts:      # said once, not every poll
+                    self.reported_conflicts.add((view.key, conflict))
+                    conflicts.append(conflict)
+                continue
             self.kube.apply(obj)
         for child in outcome.delete:
             self.kube.delete(child.api_version, child.kind, child.namespace, child.name)
@@ -256,7 +267,9 @@ class Operator:
             if written:       # charge it now: the next decision must not wait for the watch to see it
                 self.indexed(workload_view(written))
         now = self.clock().isoformat().replace("+00:00", "Z")
-        for note in outcome.events:
+        notes = [*outcome.events, *(Note("Warning", "NameConflict", f"{c}: not taken over (rename the workload, "
+                                         "or remove that object)") for c in conflicts)]
+        for note in notes:
             try:
                 self.kube.event({"apiVersion": API_VERSION, "kind": "InferenceWorkload", "metadata": meta},
                                 note.type, note.reason, note.message, now)
@@ -266,6 +279,19 @@ class Operator:
         if outcome.status is not None or outcome.apply or outcome.delete:      # a poll that changed nothing is no decision
             self.metrics.record_outcome(namespace, name, "placed" if outcome.outcome == "moving" else outcome.outcome,
                                         outcome.serving)
+
+    def held_by_another(self, obj: dict, uid: str | None) -> str | None:
+        """Who controls an object of this name, if not this workload: group names join workload, pool
+        and variant names with dashes, so two workloads can ask for one name — hetplace never takes
+        over another owner's object."""
+        meta = obj["metadata"]
+        existing = self.kube.get(obj["apiVersion"], obj["kind"], meta.get("namespace"), meta["name"])
+        if existing is None or not uid:
+            return None
+        owners = [r for r in existing["metadata"].get("ownerReferences") or [] if r.get("controller")]
+        if any(r.get("uid") == uid for r in owners):
+            return None
+        return ", ".join(f"{r.get('kind')} {r.get('name')}" for r in owners) or "an object hetplace does not own"
 
     # ---- the loop ---------------------------------------------------------------------------------
     def leading(self) -> bool:
