@@ -416,3 +416,35 @@ def test_a_group_name_another_workload_owns_is_never_taken_over(kube, start_oper
     (deployment,) = [d for d in kube.list("apps/v1", "Deployment", NS) if d["metadata"]["name"] == CPU_GROUP]
     assert [r["uid"] for r in deployment["metadata"]["ownerReferences"]] == [created["metadata"]["uid"]]
     assert condition(workload(kube), "Ready")["status"] == "True"
+
+
+def test_when_status_is_lost_the_objects_say_what_serves(kube, start_operator):  # noqa: F811
+    operator = start_operator()
+    apply_factory(kube)
+    wait(kube, ready_on(["cpu-cloud-eu"]), operator)
+    operator.stop()
+    kube.patch(*IW, NAME, {"status": None}, NS, subresource="status")      # restored from a backup, say
+    hold = kube.hold_deployments(GPU_GROUP)
+    kube.patch(*IW, NAME, {"spec": {"constraints": {"pools": ["gpu-cloud-eu"]}}}, NS)
+    restarted = start_operator(priority=11)
+    wait(kube, lambda c: (workload(c).get("status") or {}).get("phase") == "Migrating", restarted)
+    assert group_names(kube) == [CPU_GROUP, GPU_GROUP]
+    assert {r["pool"] for r in routes(kube).values()} == {"cpu-cloud-eu"}, "routes stay on what serves"
+    hold.release()
+    wait(kube, ready_on(["gpu-cloud-eu"]), restarted)
+    assert group_names(kube) == [GPU_GROUP]
+
+
+def test_objects_the_api_refuses_are_reported_once_and_not_resent(kube, start_operator):  # noqa: F811
+    operator = start_operator()
+    kube.fail("PATCH", r"/deployments/", status=422, times=None)
+    apply_factory(kube)
+    w = wait(kube, lambda c: condition(workload(c), "Ready").get("reason") == "ApplyRefused" and workload(c),
+             operator, what="Ready=False ApplyRefused")
+    assert "422" in condition(w, "Ready")["message"]
+    cycles = operator.metric("hetplace_rebalance_cycles_total") or 0
+    wait(kube, lambda c: (operator.metric("hetplace_rebalance_cycles_total") or 0) >= cycles + 3, operator)
+    assert len(kube.requests("PATCH", r"/deployments/")) == 1
+    kube.clear_faults()
+    kube.patch(*IW, NAME, {"spec": {"replicas": {"min": 1, "max": 40}}}, NS)      # a new generation tries again
+    wait(kube, ready_on(["cpu-cloud-eu"]), operator)

@@ -18,6 +18,7 @@ from hetplace.api.status import PlacementStatus
 from hetplace.engine.decision import Decision, GroupPlan, RoutePlan
 from hetplace.engine.from_api import pool_from_spec, workload_from_spec
 from hetplace.engine.snapshot import Pool, Resources, Workload
+from hetplace.render.names import group_name
 
 APPLIED_HASH = "hetplace.io/applied-hash"
 WORKLOAD_LABEL = "hetplace.io/workload"
@@ -146,6 +147,8 @@ class Child:
     available: bool = False
     group: str = ""
     owner_uid: str = ""
+    replicas: int = 0                                   # a Deployment's spec.replicas
+    routes: tuple[tuple[str, str, str, str], ...] = ()  # the routes ConfigMap: (site, pool, variant, encoding)
 
     def owned_by(self, uid: str | None) -> bool:
         """Whether the workload with `uid` controls it (labels alone can be copied by anyone)."""
@@ -169,7 +172,39 @@ def child_view(body: Mapping[str, Any]) -> Child | None:
     return Child(f"{meta.get('namespace')}/{owner.get('name') or workload}", body.get("apiVersion", ""),
                  body.get("kind", ""), meta.get("namespace", ""), meta.get("name", ""),
                  (meta.get("annotations") or {}).get(APPLIED_HASH, ""), available,
-                 labels.get("hetplace.io/group", ""), owner.get("uid", ""))
+                 labels.get("hetplace.io/group", ""), owner.get("uid", ""),
+                 int((body.get("spec") or {}).get("replicas") or 0), _routes_of(body))
+
+
+def _routes_of(body: Mapping[str, Any]) -> tuple[tuple[str, str, str, str], ...]:
+    if body.get("kind") != "ConfigMap":
+        return ()
+    found = []
+    for site, raw in sorted((body.get("data") or {}).items()):
+        try:
+            route = json.loads(raw)
+            found.append((site, str(route["pool"]), str(route["variant"]), str(route["encoding"])))
+        except (ValueError, KeyError, TypeError):
+            continue        # not one of ours (or hand-edited): it tells nothing
+    return tuple(found)
+
+
+def served_by(key: str, children: Iterable[Child], uid: str | None) -> Decision | None:
+    """What serves now by the objects themselves — the routes ConfigMap and the Deployments it points
+    at — for when status cannot say (lost, unreadable, or written by a dry run). Costs and
+    predictions are unknown (0): this only keeps a move make-before-break."""
+    owned = [c for c in children if c.owned_by(uid)]
+    routes = next((c.routes for c in owned if c.kind == "ConfigMap" and c.routes), ())
+    replicas = {c.name: c.replicas for c in owned if c.kind == "Deployment"}
+    name = key.split("/", 1)[1]
+    groups: dict[tuple[str, str], list[RoutePlan]] = {}
+    for site, pool, variant, encoding in routes:
+        groups.setdefault((pool, variant), []).append(RoutePlan(site, encoding, 0.0, 0.0, 0.0, 0.0, 0.0))
+    plans = tuple(GroupPlan(pool, variant, replicas[group_name(name, pool, variant)], 0.0, tuple(rs))
+                  for (pool, variant), rs in sorted(groups.items()) if group_name(name, pool, variant) in replicas)
+    if not plans or len(plans) != len(groups):
+        return None
+    return Decision(key, True, "MinCost", 0.0, plans, (), "read from the objects that serve", "objects")
 
 
 def _owner(meta: Mapping[str, Any]) -> Mapping[str, Any]:

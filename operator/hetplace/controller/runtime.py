@@ -16,7 +16,15 @@ from typing import Any, Callable, Mapping
 from hetplace.config import Settings
 from hetplace.api.status import ComputePoolStatus
 from hetplace.controller.fleet_ledger import FleetLedger
-from hetplace.controller.inventory import Child, Picture, PoolView, WorkloadView, live_pool, workload_view
+from hetplace.controller.inventory import (
+    Child,
+    Picture,
+    PoolView,
+    WorkloadView,
+    live_pool,
+    served_by,
+    workload_view,
+)
 from hetplace.controller.leader import is_leader, peering_objects
 from hetplace.controller.moves import GroupKey
 from hetplace.controller.reconcile import (
@@ -80,6 +88,7 @@ class Operator:
     timed_out: dict[str, tuple[str, float]] = field(default_factory=dict)
     last_valid_pools: dict[str, PoolView] = field(default_factory=dict)
     reported_conflicts: set[tuple[str, str]] = field(default_factory=set)
+    refused: dict[str, int] = field(default_factory=dict)      # key -> generation the API refused to apply
     telemetry_read_at: float = float("-inf")
     telemetry_fresh_at: float = 0.0
     was_follower: bool = False
@@ -174,6 +183,11 @@ class Operator:
                 return None
             started = time.perf_counter()
             picture = self.picture(only=view)
+            if view.running is None:        # status cannot say what serves: the objects can
+                serving = served_by(view.key, picture.children.get(view.key, ()), fresh["metadata"].get("uid"))
+                if serving is not None:
+                    view = dataclasses.replace(view, running=serving)
+                    picture.workloads = {view.key: view}
             now = self.clock()
             choice = planned.choice if planned is not None else await asyncio.to_thread(
                 choose, view, picture, self.telemetry, now, self.fleet)
@@ -189,8 +203,10 @@ class Operator:
                 await asyncio.to_thread(self.execute, view, outcome)
             except KubeError as failed:
                 if failed.refused:      # say so in status: retrying the same request will not help
+                    self.refused[view.key] = view.generation
                     await asyncio.to_thread(self.report_refusal, view, failed)
                 raise
+            self.refused.pop(view.key, None)
             if any(n.reason == "MoveTimedOut" for n in outcome.events):
                 self.timed_out[view.key] = (choice.target.fingerprint(),
                                             time.monotonic() + self.settings.move_timeout_seconds)
@@ -209,7 +225,10 @@ class Operator:
 
     def report_refusal(self, view: WorkloadView, failed: KubeError) -> None:
         meta = view.body.get("metadata", {})
-        conditions = [c for c in (view.body.get("status") or {}).get("conditions", []) if c.get("type") != "Ready"]
+        before = (view.body.get("status") or {}).get("conditions", [])
+        if any(c.get("reason") == "ApplyRefused" and c.get("message") == str(failed)[:2000] for c in before):
+            return          # already said
+        conditions = [c for c in before if c.get("type") != "Ready"]
         now = self.clock().isoformat().replace("+00:00", "Z")
         conditions.append({"type": "Ready", "status": "False", "reason": "ApplyRefused", "message": str(failed)[:2000],
                            "lastTransitionTime": now, "observedGeneration": view.generation})
@@ -308,7 +327,7 @@ class Operator:
     async def progress_moves(self) -> None:
         """Take the next step of every move under way and of every placement not yet ready."""
         for view in list(self.picture().workloads.values()):
-            if _in_progress(view):
+            if _in_progress(view) and self.refused.get(view.key) != view.generation:
                 await self._safely(view.body)
 
     async def progress(self, key: str) -> None:
@@ -367,6 +386,8 @@ class Operator:
                                        time_limit_s=self.settings.solver_time_limit_seconds)
         by_key = {v.key: v for v in valid}
         for move in plan.moves:
+            if self.refused.get(move.workload) == by_key[move.workload].generation:
+                continue        # the API refused this generation's objects: a new spec retries
             why = f"{move.reason}: {move.why}"
             planned = Planned(Choice("move", _with_reason(move.after, why), now, why), by_key[move.workload])
             if await self._safely(by_key[move.workload].body, planned):
