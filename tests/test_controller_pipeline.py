@@ -84,12 +84,13 @@ class Cluster:
         return {(g.pool, g.variant): (n := names.get(f"defect-detector-{g.pool}-{g.variant}")) is not None
                 and n.available for g in choice.target.groups} if choice.target else {}
 
-    def cycle(self, now: datetime, telemetry: Telemetry = Telemetry(), choice: Choice | None = None) -> Outcome:
+    def cycle(self, now: datetime, telemetry: Telemetry = Telemetry(), choice: Choice | None = None,
+              drain_s: float = 0.0) -> Outcome:
         picture = self.picture()
         view = picture.workloads["factory/defect-detector"]
         choice = choice or choose(view, picture, telemetry, now)
         outcome = converge(view, choice, picture, telemetry, self.ready(choice), now, move_timeout_s=600,
-                           image="triton:test")
+                           image="triton:test", drain_s=drain_s)
         self.write(outcome)
         return outcome
 
@@ -388,3 +389,19 @@ def test_a_placement_read_back_from_status_protects_its_routes_as_the_decision_d
     by_engine = tolerances_of(read_back.engine, decided, pools)
     assert by_status.keys() == by_engine.keys()
     assert all(by_status[k] == pytest.approx(by_engine[k], rel=1e-4) for k in by_engine)
+
+
+def test_the_group_a_move_leaves_behind_outlives_the_routes_switch_by_the_drain_time():
+    cluster = placed_cluster()
+    cluster.body["spec"]["constraints"]["pools"] = ["gpu-cloud-eu"]
+    cluster.body["metadata"]["generation"] = 2
+    cluster.cycle(T0 + timedelta(seconds=60), drain_s=30)            # the GPU group is created
+    switched = cluster.cycle(T0 + timedelta(seconds=61), drain_s=30)  # ready: routes switch, CPU drains
+    assert switched.delete == () and cluster.body["status"]["phase"] == "Migrating"
+    assert {json.loads(r)["pool"] for r in cluster.children[("ConfigMap", "defect-detector-routes")]["data"].values()} \
+        == {"gpu-cloud-eu"}
+    assert condition(cluster, "Placed")["reason"] == "Draining"
+    assert cluster.cycle(T0 + timedelta(seconds=80), drain_s=30).delete == ()
+    done = cluster.cycle(T0 + timedelta(seconds=92), drain_s=30)
+    assert deployments(cluster) == ["defect-detector-gpu-cloud-eu-trt-fp16"] and done.delete
+    assert cluster.body["status"]["phase"] == "Placed" and "migration" not in cluster.body["status"]

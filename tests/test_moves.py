@@ -61,3 +61,21 @@ def test_a_first_placement_has_nothing_to_protect():
     assert step.routes is NOMINAL and step.run == {CPU: 3} and step.delete == ()
     assert step.phase == "Placed" and not step.finished
     assert advance(InFlight(None, NOMINAL, 0, 600), {CPU: True}, now_s=5).finished
+
+
+BACK = dict(old=DROPPED, new=NOMINAL, started_s=0, timeout_s=600, drain_s=60)
+
+
+@pytest.mark.parametrize("switched_s, ready, now_s, reason, delete", [
+    pytest.param(None, True, 20, "Draining", (), id="new group ready: routes switch, the old group drains"),
+    pytest.param(20, True, 79, "Draining", (), id="within the drain time the old group stays"),
+    pytest.param(20, True, 80, "Moved", (ARM,), id="after the drain time the old group goes"),
+    pytest.param(20, False, 700, "Moved", (ARM,),
+                 id="once switched a move never goes back, even past its timeout"),
+])
+def test_the_groups_a_move_leaves_behind_drain_after_the_routes_switch(switched_s, ready, now_s, reason, delete):
+    step = advance(InFlight(**BACK, switched_s=switched_s), {CPU: ready}, now_s=now_s)
+    assert (step.reason, step.delete) == (reason, delete)
+    assert step.routes is NOMINAL, "routes point at the new placement from the switch on"
+    if reason == "Draining":
+        assert step.run == {CPU: 3, ARM: 1} and step.phase == "Migrating" and not step.finished

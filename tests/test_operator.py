@@ -48,6 +48,7 @@ class OperatorProcess:
                "HETPLACE_MOVE_POLL_SECONDS": "0.3", "HETPLACE_REBALANCE_INTERVAL_SECONDS": "1",
                "HETPLACE_PEERING_LIFETIME_SECONDS": "3", "HETPLACE_WATCH_TIMEOUT_SECONDS": "30",
                "HETPLACE_PROBE_MODELS": "false", "HETPLACE_SOLVER_TIME_LIMIT_SECONDS": "5",
+               "HETPLACE_DRAIN_SECONDS": "1",
                **{f"HETPLACE_{k.upper()}": v for k, v in settings.items()}}
         with self.log_path.open("w") as log:
             self.process = subprocess.Popen(

@@ -47,6 +47,9 @@ class Settings(BaseSettings):
     solver_time_limit_seconds: float = Field(default=10, gt=0, le=600)
     move_timeout_seconds: float = Field(default=600, ge=10, le=86400)
     """A move whose new group is not ready by then goes back to the old placement."""
+    drain_seconds: float = Field(default=60, ge=0, le=3600)
+    """How long the groups a move leaves behind outlive the routes switch (clients that read the
+    routes ConfigMap late — a mounted one updates within about a minute — still reach them)."""
     move_poll_seconds: float = Field(default=5, ge=0.05, le=600)
     """How often moves under way are checked for readiness (a Deployment change checks at once)."""
     triton_endpoint: str = Field(default=DEFAULT_ENDPOINT_TEMPLATE, min_length=1)

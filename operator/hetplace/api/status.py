@@ -110,6 +110,11 @@ class Migration(StatusModel):
     """When the move started; it goes back to `placements` after the operator's move timeout."""
     reason: str = Field(default="", max_length=4096)
     """Why the workload moves."""
+    routes_switched_at: datetime | None = None
+    """When routes switched to the target; the groups left behind go after the operator's drain time."""
+    leaving: list[PlacementStatus] = Field(default_factory=list, max_length=MAX_PLACEMENTS,
+                                           json_schema_extra=list_map("pool"))
+    """After the switch: the placement left behind, removed when the drain time is over."""
 
 
 def _conditions() -> Any:

@@ -78,6 +78,8 @@ class WorkloadView:
     migration_started: datetime | None
     status: InferenceWorkloadStatus | None
     engine: Workload | None = None          # the spec as the engine reads it (declared traffic)
+    routes_switched: datetime | None = None  # a move whose routes switched already (old groups draining)
+    leaving: Decision | None = None         # and the placement it left behind
 
     @property
     def generation(self) -> int:
@@ -101,7 +103,8 @@ def workload_view(body: Mapping[str, Any]) -> WorkloadView:
     target = decision_from(key, migration.target, objective, migration.reason) if migration else None
     engine = workload_from_spec(valid.metadata.namespace or "default", valid.metadata.name, valid.spec) if valid else None
     return WorkloadView(key, body, valid, problem, running, target, migration.started_at if migration else None, status,
-                        engine)
+                        engine, migration.routes_switched_at if migration else None,
+                        decision_from(key, migration.leaving, objective, "") if migration else None)
 
 
 def _dry_run(status: InferenceWorkloadStatus) -> bool:

@@ -6,7 +6,8 @@ the larger of their two replica counts. Routes keep pointing at `old` until ever
 `new` is ready (Deployment available and, by the caller, the model ready through tritonclient);
 then routes switch and what only `old` had is deleted, and kept groups take their new size. A
 move not ready by its timeout goes back: the new-only groups are deleted and routes stay on
-`old`, with the reason.
+`old`, with the reason. With a drain time, the old-only groups outlive the routes switch by it
+(clients that read the routes late still reach them), and a switched move never goes back.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ class InFlight:
     new: Decision
     started_s: float
     timeout_s: float
+    drain_s: float = 0.0                 # how long old groups outlive the routes switch
+    switched_s: float | None = None      # when routes switched to `new` (None: not yet)
 
 
 @dataclass(frozen=True)
@@ -38,7 +41,7 @@ class Step:
     delete: tuple[GroupKey, ...]     # groups to remove
     routes: Decision                 # the placement the routes ConfigMap points at
     phase: Phase
-    reason: str                      # condition reason: Moving | Moved | MoveTimedOut | Placed
+    reason: str                      # condition reason: Moving | Draining | Moved | MoveTimedOut | Placed
     message: str
     finished: bool
 
@@ -60,8 +63,16 @@ def advance(move: InFlight, ready: Mapping[GroupKey, bool], now_s: float) -> Ste
                     f"waiting for {_names(waiting)} to be ready" if waiting else "every group is ready",
                     finished=not waiting)
     not_ready = [k for k in new if not ready.get(k, False)]
-    if not not_ready:
-        gone = tuple(sorted(k for k in old if k not in new))
+    gone = tuple(sorted(k for k in old if k not in new))
+    both = {k: max(old.get(k, 0), new.get(k, 0)) for k in old.keys() | new.keys()}
+    switched = move.switched_s is not None or not not_ready
+    if gone and switched and (move.switched_s is None or now_s - move.switched_s < move.drain_s):
+        if move.drain_s > 0:
+            # routes point at `new`; clients that read them late still reach the old groups meanwhile
+            return Step(both, (), move.new, "Migrating", "Draining",
+                        f"routes switched to {_names(new)}; {_names(gone)} removed after {move.drain_s:g} s",
+                        finished=False)
+    if not not_ready or move.switched_s is not None:
         return Step(new, gone, move.new, "Placed", "Moved",
                     f"{_names(new)} ready; routes switched" + (f", {_names(gone)} removed" if gone else ""),
                     finished=True)
@@ -72,7 +83,6 @@ def advance(move: InFlight, ready: Mapping[GroupKey, bool], now_s: float) -> Ste
                     f"{_names(not_ready)} not ready after {waited:.0f} s (timeout {move.timeout_s:g} s); "
                     f"kept {_names(old)}" + (f", removed {_names(created)}" if created else ""),
                     finished=True)
-    both = {k: max(old.get(k, 0), new.get(k, 0)) for k in old.keys() | new.keys()}
     return Step(both, (), move.old, "Migrating", "Moving",
                 # no running count of seconds here: status is rewritten only when something changes
                 f"waiting for {_names(not_ready)} to be ready (timeout {move.timeout_s:g} s); "

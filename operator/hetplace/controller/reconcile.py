@@ -144,7 +144,8 @@ def _on(decision: Decision, pools: set[str]) -> bool:
 
 def converge(view: WorkloadView, choice: Choice, picture: Picture, telemetry: Telemetry,
              ready: Mapping[GroupKey, bool], now: datetime, *, move_timeout_s: float, image: str,
-             dry_run: bool = False, waiting: Mapping[GroupKey, str] | None = None) -> Outcome:
+             dry_run: bool = False, waiting: Mapping[GroupKey, str] | None = None,
+             drain_s: float = 0.0) -> Outcome:
     """The step a choice leads to now, given which groups are ready (and, for those not, why).
 
     Only the groups of the target are (re-)rendered; a group only the running placement has is
@@ -153,13 +154,16 @@ def converge(view: WorkloadView, choice: Choice, picture: Picture, telemetry: Te
     if choice.verdict in ("invalid", "infeasible"):
         return _refused(view, choice, telemetry, now)
     workload = view.valid
-    running = view.running
+    # while the groups left behind drain, the move is still from them
+    running = view.leaving if view.leaving is not None and view.migration_target is not None else view.running
     if choice.verdict == "keep" or dry_run:
         step = Step(_sizes(choice.target), (), choice.target, "Placed", "DryRun" if dry_run else "Placed",
                     "dry-run: decided, nothing created" if dry_run else "placement unchanged", finished=True)
     else:
         started = choice.started or now
-        step = advance(InFlight(running, choice.target, started.timestamp(), move_timeout_s), ready, now.timestamp())
+        switched = view.routes_switched if view.migration_target is not None else None
+        step = advance(InFlight(running, choice.target, started.timestamp(), move_timeout_s, drain_s,
+                                switched.timestamp() if switched else None), ready, now.timestamp())
     target_keys = {(g.pool, g.variant) for g in choice.target.groups}
     rendered_groups = tuple(dataclasses.replace(g, replicas=step.run[(g.pool, g.variant)])
                             for g in choice.target.groups
@@ -208,6 +212,8 @@ def converge(view: WorkloadView, choice: Choice, picture: Picture, telemetry: Te
         workload.metadata.name, view.generation, serving, Phase.MIGRATING if moving else Phase.PLACED, now, observed,
         previous=view.status, decided_at=now if new_decision else view.status.decision.at,
         moving_to=choice.target if moving else None, move_started=choice.started if moving else None,
+        routes_switched=(view.routes_switched or now) if step.reason == "Draining" else None,
+        leaving=running if step.reason == "Draining" else None,
         observed_ms=telemetry.route_latency_ms.get(view.key)).wire()
     events = _move_events(choice, step, view)
     return Outcome(apply, delete, _changed(view, status), events,

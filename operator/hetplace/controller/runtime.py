@@ -198,7 +198,7 @@ class Operator:
                           else ({}, {}))
             outcome = converge(view, choice, picture, self.telemetry, ready, now, waiting=why,
                                move_timeout_s=self.settings.move_timeout_seconds, image=self.settings.triton_image,
-                               dry_run=self.settings.dry_run)
+                               dry_run=self.settings.dry_run, drain_s=self.settings.drain_seconds)
             try:
                 await asyncio.to_thread(self.execute, view, outcome)
             except KubeError as failed:

@@ -41,7 +41,8 @@ class Observed:
 def workload_status(name: str, generation: int, decision: Decision | None, phase: Phase, now: datetime,
                     observed: dict[str, Observed], previous: InferenceWorkloadStatus | None = None,
                     decided_at: datetime | None = None, moving_to: Decision | None = None,
-                    move_started: datetime | None = None,
+                    move_started: datetime | None = None, routes_switched: datetime | None = None,
+                    leaving: Decision | None = None,
                     observed_ms: Mapping[str, float] | None = None) -> InferenceWorkloadStatus:
     """`decision` is what runs (None when nothing does); `observed` gives each condition type;
     `moving_to` the placement being brought up since `move_started`, while a move is under way."""
@@ -55,7 +56,9 @@ def workload_status(name: str, generation: int, decision: Decision | None, phase
         decision=DecisionStatus(at=decided_at or now, reason=decision.reason[:4096],
                                 fingerprint=decision.fingerprint()) if decision is not None else None,
         migration=Migration(target=placements_of(name, moving_to), started_at=move_started or now,
-                            reason=moving_to.reason[:4096]) if moving_to is not None else None,
+                            reason=moving_to.reason[:4096], routes_switched_at=routes_switched,
+                            leaving=placements_of(name, leaving))
+        if moving_to is not None else None,
         rejected=[Rejection(pool=r.pool, variant=r.variant, reason=f"{r.filter}: {r.reason}")
                   for r in (decision.rejected if decision is not None else ())][:MAX_REJECTED],
     )
