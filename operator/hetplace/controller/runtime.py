@@ -252,8 +252,8 @@ class Operator:
             deployment = owned.get(group_name(name, g.pool, g.variant))
             ready[(g.pool, g.variant)] = deployment is not None and deployment.available
             if not ready[(g.pool, g.variant)]:
-                why[(g.pool, g.variant)] = (f"Deployment {group_name(name, g.pool, g.variant)} "
-                                            f"{'not created yet' if deployment is None else 'not available yet'}")
+                # one wording for "not created" and "not available": status is not rewritten between them
+                why[(g.pool, g.variant)] = f"Deployment {group_name(name, g.pool, g.variant)} not available yet"
         if self.probe is not None and self.settings.probe_models:
             model = view.valid.spec.model.name
             for key in [k for k, ok in ready.items() if ok]:
