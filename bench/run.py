@@ -27,6 +27,7 @@ sys.path[:0] = [str(ROOT / "bench"), str(ROOT / "tests")]
 
 import fleet  # noqa: E402
 import fleet_bench  # noqa: E402
+import operator_bench  # noqa: E402
 import reference_model  # noqa: E402
 
 from hetplace.engine import solve  # noqa: E402
@@ -111,6 +112,7 @@ def main() -> None:
     sites = [8] if args.smoke else [2, 4, 6, 8, 10]
     args.out.mkdir(parents=True, exist_ok=True)
     command = "python bench/run.py" + (" --smoke" if args.smoke else "") + "".join(f" --only {o}" for o in args.only)
+    operator_setup = operator_bench.SMOKE if args.smoke else operator_bench.FULL
     benchmarks = {
         "decision-latency": lambda: decision_latency(instances, sites),
         "exactness-vs-brute-force": lambda: exactness(2, SMOKE_SIZES) if args.smoke else
@@ -121,6 +123,10 @@ def main() -> None:
         fleet_bench.incremental_latency(10_000, 50, 300),
         "policy-quality": lambda: fleet_bench.policy_quality((10, 6, 24, 3600) if args.smoke else (40, 10, 24, 600)),
         "stability": lambda: fleet_bench.stability((10, 6, 2, 600) if args.smoke else (40, 10, 6, 300)),
+        # the operator process against the API emulator (bench/operator_bench.py)
+        "operator-throughput": lambda: operator_bench.operator_throughput(20 if args.smoke else 1000, operator_setup),
+        "operator-rss": lambda: operator_bench.operator_rss([20] if args.smoke else [1000, 10_000], operator_setup),
+        "operator-restart": lambda: operator_bench.operator_restart([20] if args.smoke else [1000], operator_setup),
     }
     unknown = set(args.only) - set(benchmarks)
     if unknown:

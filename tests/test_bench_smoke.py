@@ -58,11 +58,13 @@ def test_fleet_benchmarks_at_smoke_size_write_what_the_readme_reports(tmp_path):
 
 def test_operator_benchmarks_at_smoke_size_write_what_the_readme_reports(tmp_path):
     """The operator process against the API emulator: 20 workloads placed, measured, restarted."""
-    only = ["operator-throughput", "operator-rss", "operator-restart"]
-    run = subprocess.run([sys.executable, str(REPO / "bench" / "run.py"), "--smoke", "--out", str(tmp_path)]
-                         + [arg for name in only for arg in ("--only", name)],
-                         capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stderr[-3000:]
+    runs = [subprocess.Popen([sys.executable, str(REPO / "bench" / "run.py"), "--smoke", "--out", str(tmp_path)]
+                             + [arg for name in only for arg in ("--only", name)],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            for only in (["operator-restart"], ["operator-throughput", "operator-rss"])]     # side by side: quicker
+    for run in runs:
+        _, stderr = run.communicate(timeout=300)
+        assert run.returncode == 0, stderr[-3000:]
     ceiling, placed = json.loads((tmp_path / "operator-throughput.json").read_text())["rows"]
     assert ceiling["creates_per_s"] > 0 and ceiling["emulator_cpu_s"] >= 0
     assert placed["workloads"] == 20 and 0 < placed["all_ready_s"] and placed["workloads_per_s"] > 0
@@ -77,5 +79,5 @@ def test_operator_benchmarks_at_smoke_size_write_what_the_readme_reports(tmp_pat
     assert rss["workloads"] == 20 and 0 < rss["idle_rss_mb"] <= rss["peak_rss_mb"] and rss["rss_mb"] > 0
     (restart,) = json.loads((tmp_path / "operator-restart.json").read_text())["rows"]
     assert 0 < restart["first_decision_s"] <= restart["all_resumed_s"]
-    assert sum(restart["decisions"].values()) >= 20
+    assert restart["decisions_timed"] >= 20 and restart["resume_handler_runs"] >= 20
     assert restart["restart_writes"] == sum(restart["restart_writes_by_kind"].values())
