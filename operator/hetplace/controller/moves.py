@@ -50,7 +50,7 @@ def _groups(d: Decision | None) -> dict[GroupKey, int]:
     return {(g.pool, g.variant): g.replicas for g in d.groups} if d is not None and d.feasible else {}
 
 
-def _names(keys) -> str:
+def names_of(keys) -> str:
     return ", ".join(f"{pool}/{variant}" for pool, variant in sorted(keys))
 
 
@@ -60,7 +60,8 @@ def advance(move: InFlight, ready: Mapping[GroupKey, bool], now_s: float) -> Ste
     if move.old is None or not old:     # nothing serving to protect: deploy and route at once
         waiting = [k for k in new if not ready.get(k, False)]
         return Step(new, (), move.new, "Placed", "Placed",
-                    f"waiting for {_names(waiting)} to be ready" if waiting else "every group is ready",
+                    # readiness is the Ready condition's to say: this message stays as the groups become ready
+                    f"placed on {names_of(new)}",
                     finished=not waiting)
     not_ready = [k for k in new if not ready.get(k, False)]
     gone = tuple(sorted(k for k in old if k not in new))
@@ -70,20 +71,20 @@ def advance(move: InFlight, ready: Mapping[GroupKey, bool], now_s: float) -> Ste
         if move.drain_s > 0:
             # routes point at `new`; clients that read them late still reach the old groups meanwhile
             return Step(both, (), move.new, "Migrating", "Draining",
-                        f"routes switched to {_names(new)}; {_names(gone)} removed after {move.drain_s:g} s",
+                        f"routes switched to {names_of(new)}; {names_of(gone)} removed after {move.drain_s:g} s",
                         finished=False)
     if not not_ready or move.switched_s is not None:
         return Step(new, gone, move.new, "Placed", "Moved",
-                    f"{_names(new)} ready; routes switched" + (f", {_names(gone)} removed" if gone else ""),
+                    f"{names_of(new)} ready; routes switched" + (f", {names_of(gone)} removed" if gone else ""),
                     finished=True)
     waited = now_s - move.started_s
     if waited > move.timeout_s:
         created = tuple(sorted(k for k in new if k not in old))
         return Step(old, created, move.old, "Placed", "MoveTimedOut",
-                    f"{_names(not_ready)} not ready after {waited:.0f} s (timeout {move.timeout_s:g} s); "
-                    f"kept {_names(old)}" + (f", removed {_names(created)}" if created else ""),
+                    f"{names_of(not_ready)} not ready after {waited:.0f} s (timeout {move.timeout_s:g} s); "
+                    f"kept {names_of(old)}" + (f", removed {names_of(created)}" if created else ""),
                     finished=True)
     return Step(both, (), move.old, "Migrating", "Moving",
                 # no running count of seconds here: status is rewritten only when something changes
-                f"waiting for {_names(not_ready)} to be ready (timeout {move.timeout_s:g} s); "
-                f"routes stay on {_names(old)}", finished=False)
+                f"waiting for {names_of(not_ready)} to be ready (timeout {move.timeout_s:g} s); "
+                f"routes stay on {names_of(old)}", finished=False)

@@ -17,7 +17,7 @@ from typing import Literal, Mapping
 from hetplace.api.status import Phase
 from hetplace.controller.fleet_ledger import FleetLedger
 from hetplace.controller.inventory import Child, Picture, WorkloadView, with_applied_hash
-from hetplace.controller.moves import GroupKey, InFlight, Step, advance
+from hetplace.controller.moves import GroupKey, InFlight, Step, advance, names_of
 from hetplace.engine.decision import Decision
 from hetplace.engine.fleet import place_one
 from hetplace.engine.observed import LinkObservation, TrafficObservation, with_links, with_traffic
@@ -158,7 +158,9 @@ def converge(view: WorkloadView, choice: Choice, picture: Picture, telemetry: Te
     running = view.leaving if view.leaving is not None and view.migration_target is not None else view.running
     if choice.verdict == "keep" or dry_run:
         step = Step(_sizes(choice.target), (), choice.target, "Placed", "DryRun" if dry_run else "Placed",
-                    "dry-run: decided, nothing created" if dry_run else "placement unchanged", finished=True)
+                    "dry-run: decided, nothing created" if dry_run else
+                    f"placed on {names_of(_sizes(choice.target))}",
+                    finished=True)
     else:
         started = choice.started or now
         switched = view.routes_switched if view.migration_target is not None else None

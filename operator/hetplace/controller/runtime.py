@@ -324,10 +324,14 @@ class Operator:
                 return False    # without its peering object kopf stays paused too
         return True
 
-    async def progress_moves(self) -> None:
-        """Take the next step of every move under way and of every placement not yet ready."""
+    async def progress_moves(self, waiting_too: bool = False) -> None:
+        """Take the next step of every move under way (their timeouts and model probes need a clock)
+        and, with `waiting_too`, look again at placements not yet ready (Deployment changes look at
+        them as they happen; this catches a model that became ready with no Deployment change)."""
         for view in list(self.picture().workloads.values()):
-            if _in_progress(view) and self.refused.get(view.key) != view.generation:
+            if self.refused.get(view.key) == view.generation:
+                continue
+            if view.migration_target is not None or (waiting_too and _in_progress(view)):
                 await self._safely(view.body)
 
     async def progress(self, key: str) -> None:
@@ -486,8 +490,8 @@ class Operator:
                                  "(kopf's indexes are not refreshed while paused)")
                     return
                 if leading:
-                    await self.progress_moves()
                     due = time.monotonic() - last_rebalance >= self.settings.rebalance_interval_seconds
+                    await self.progress_moves(waiting_too=due)
                     if due or self.wake.is_set():
                         self.wake.clear()
                         last_rebalance = time.monotonic()
