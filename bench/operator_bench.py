@@ -151,7 +151,7 @@ class Cpu:
 
 
 SCRAPED = ("hetplace_decisions_total", "hetplace_rebalance_cycles_total", "hetplace_decision_duration_seconds_sum",
-           "hetplace_decision_duration_seconds_count")
+           "hetplace_decision_duration_seconds_count", "hetplace_moves_total")
 
 
 def metric_lines(operator: OperatorProcess) -> list[tuple[str, str, float]] | None:
@@ -184,6 +184,12 @@ def scrape(operator: OperatorProcess) -> dict[str, float] | None:
     for name, _, value in samples:
         totals[name] = totals.get(name, 0.0) + value
     return totals
+
+
+def labelled(operator: OperatorProcess, name: str) -> dict[str, float]:
+    """One metric of SCRAPED by its label values (`reason=repair,kind=migration`)."""
+    return {",".join(part.replace('"', "") for part in labels.split(",")): value
+            for sample, labels, value in metric_lines(operator) or () if sample == name}
 
 
 def pause(operator: OperatorProcess, at_least_s: float) -> None:
@@ -265,7 +271,7 @@ class Setup:
 
 
 SMOKE = Setup(namespaces=2, rebalance_interval_s=1, move_poll_s=0.3, quiet_cycles=1, max_quiet_s=20, timeout_s=60)
-FULL = Setup()
+FULL = Setup(max_quiet_s=300, timeout_s=1500)
 
 
 class Bench:
@@ -363,7 +369,9 @@ class Bench:
 
     def quiet_window(self, operator: OperatorProcess, cycles: int) -> dict:
         """Writes while `cycles` more rebalance cycles end with nothing changing (peering apart), or for
-        `max_quiet_s` when the cycles are slower than that; how long a cycle took."""
+        `max_quiet_s` when the cycles are slower than that; how long a cycle took; the moves the
+        rebalance started meanwhile, by reason and kind."""
+        moves_before = labelled(operator, "hetplace_moves_total")
         mark = len(self.cluster.emulator.api_log)
         start = time.perf_counter()
         seen = scrape(operator)["hetplace_rebalance_cycles_total"]
@@ -376,7 +384,10 @@ class Bench:
         counted = writes(self.cluster, mark)
         peering = counted.pop("kopf peering keep-alive", 0)
         laps = [b - a for a, b in zip(ended, ended[1:])]      # the first cycle began before the window
+        moves = {labels: value - moves_before.get(labels, 0)
+                 for labels, value in labelled(operator, "hetplace_moves_total").items()}
         return {"quiet_s": round(time.perf_counter() - start, 1), "quiet_cycles": len(ended),
+                "quiet_moves": {labels: int(v) for labels, v in moves.items() if v},
                 "rebalance_cycle_s": round(sum(laps) / len(laps), 1) if laps else None,
                 "quiet_writes": sum(counted.values()), "quiet_writes_by_kind": dict(counted),
                 "quiet_peering_writes": peering}
@@ -557,5 +568,5 @@ def handler_runs(operator: OperatorProcess, cause: str) -> int:
 
 
 def decisions_by_outcome(operator: OperatorProcess) -> dict[str, int]:
-    return {labels.split('"')[1]: int(value) for name, labels, value in metric_lines(operator) or ()
-            if name == "hetplace_decisions_total" and value}
+    return {labels.removeprefix("outcome="): int(value)
+            for labels, value in labelled(operator, "hetplace_decisions_total").items() if value}

@@ -126,7 +126,8 @@ def main() -> None:
         # the operator process against the API emulator (bench/operator_bench.py)
         "operator-throughput": lambda: operator_bench.operator_throughput(20 if args.smoke else 1000, operator_setup),
         "operator-rss": lambda: operator_bench.operator_rss([20] if args.smoke else [1000, 10_000], operator_setup),
-        "operator-restart": lambda: operator_bench.operator_restart([20] if args.smoke else [1000], operator_setup),
+        "operator-restart": lambda: operator_bench.operator_restart([20] if args.smoke else [250, 500, 1000],
+                                                                   operator_setup),
     }
     unknown = set(args.only) - set(benchmarks)
     if unknown:
