@@ -87,7 +87,7 @@ class Cluster:
     def cycle(self, now: datetime, telemetry: Telemetry = Telemetry(), choice: Choice | None = None,
               drain_s: float = 0.0) -> Outcome:
         picture = self.picture()
-        view = picture.workloads["factory/defect-detector"]
+        view = next(iter(picture.workloads.values()))
         choice = choice or choose(view, picture, telemetry, now)
         outcome = converge(view, choice, picture, telemetry, self.ready(choice), now, move_timeout_s=600,
                            image="triton:test", drain_s=drain_s)
@@ -303,6 +303,64 @@ def test_the_fleet_ledger_decides_as_a_full_rebuild_does():
     kept = choose(newcomer, picture, Telemetry(), T0, fleet)
     assert kept.target.fingerprint() == rebuilt.target.fingerprint()
     assert [g.pool for g in kept.target.groups] != ["cpu-cloud-eu"], "the copies leave no room on the CPU pool"
+
+
+def _newcomer(cluster: Cluster, name: str):
+    fresh = copy.deepcopy(cluster.body)
+    fresh["metadata"].update(name=name, uid=f"uid-{name}")
+    fresh.pop("status", None)
+    return workload_view(fresh)
+
+
+def test_decisions_made_before_their_writes_are_seen_do_not_share_capacity():
+    """Workloads created together are decided one after another before any status write comes
+    back through the watch: each decision is charged at once, so the later ones see the earlier
+    ones — as if every write had been seen — and a write that never happens gives its charge back."""
+    from hetplace.controller.fleet_ledger import FleetLedger
+    from hetplace.controller.reconcile import engine_workload
+
+    cluster = Cluster(workload_body())
+    to_engine = lambda v: engine_workload(v, Telemetry())     # noqa: E731
+    picture = cluster.picture()
+    at_once, written = FleetLedger(to_engine), FleetLedger(to_engine)
+    places = set()
+    for i in range(8):
+        view = _newcomer(cluster, f"copy-{i}")
+        unseen = choose(view, picture, Telemetry(), T0, at_once)          # no write seen yet
+        seen = choose(view, picture, Telemetry(), T0, written)
+        body = copy.deepcopy(view.body)
+        cluster_view = Cluster(body)
+        cluster_view.cycle(T0, choice=seen)                                # its status written...
+        written.update(workload_view(cluster_view.body), to_engine)        # ...and seen by the index
+        written.settle(view.key)
+        assert unseen.target.fingerprint() == seen.target.fingerprint(), f"copy-{i}"
+        places.add(tuple(g.pool for g in seen.target.groups))
+    assert len(places) > 1, "the copies contend: the first ones fill what the later ones would have taken"
+    for i in range(8):              # none of those writes happened: each decision gives its charge back
+        at_once.settle(f"factory/copy-{i}")
+    alone = choose(_newcomer(cluster, "alone"), picture, Telemetry(), T0, FleetLedger(to_engine))
+    after = choose(_newcomer(cluster, "after"), picture, Telemetry(), T0, at_once)
+    assert after.target.fingerprint() == alone.target.fingerprint()
+
+
+def test_an_event_from_before_the_operators_own_write_does_not_take_its_charge_back():
+    from hetplace.controller.fleet_ledger import FleetLedger
+    from hetplace.controller.reconcile import engine_workload
+
+    cluster = placed_cluster()
+    to_engine = lambda v: engine_workload(v, Telemetry())     # noqa: E731
+    fleet = FleetLedger(to_engine)
+    picture = cluster.picture()
+    alone = choose(_newcomer(cluster, "probe"), picture, Telemetry(), T0, FleetLedger(to_engine))
+    fleet.update(workload_view(cluster.body), to_engine)              # the write, seen first
+    before_write = copy.deepcopy(cluster.body)
+    before_write.pop("status")
+    fleet.update(workload_view(before_write), to_engine)              # the creation event, delivered late
+    beside = choose(_newcomer(cluster, "probe"), picture, Telemetry(), T0, fleet)
+    assert beside.target.fingerprint() != alone.target.fingerprint(), "the placed workload is still charged"
+    fleet.forget("factory/defect-detector", UID)
+    assert choose(_newcomer(cluster, "probe"), picture, Telemetry(), T0, fleet).target.fingerprint() == \
+        alone.target.fingerprint()
 
 
 def test_observed_latency_is_reported_per_route_and_decides_slo_met():

@@ -278,14 +278,23 @@ def test_of_two_operators_one_works_and_the_other_takes_over_afresh_when_it_stop
     assert low.metric("hetplace_decisions_total", outcome="placed") == 0, "the waiting instance decided nothing"
     assert "Resuming operations" not in low.log()
     high.stop()
-    # kopf resumes the waiting instance, whose indexes froze while it waited: it restarts to read the
-    # cluster afresh (in a pod, the kubelet starts it again; here the test does)
+    # kopf kept the waiting instance's watches paused from its start, so its indexes are empty: they
+    # are read afresh as it takes over, and it goes on without a restart
+    wait(kube, lambda c: low.metric("hetplace_leader") == 1, low, what="the waiting instance to lead")
+    kube.patch(*IW, NAME, {"spec": {"constraints": {"pools": ["gpu-cloud-eu"]}}}, NS)
+    wait(kube, ready_on(["gpu-cloud-eu"]), low, what="the new leader to handle a change")
+    assert low.process.poll() is None and "restarting" not in low.log()
+    # an instance paused after it had read the cluster misses what changes meanwhile (kopf does not
+    # refresh its indexes while paused): when it is resumed it restarts to read the cluster afresh
+    top = start_operator(priority=30)
+    wait(kube, lambda c: low.metric("hetplace_leader") == 0, low, what="the reading instance to be paused")
+    top.stop()
     wait(kube, lambda c: low.process.poll() is not None and "restarting to read the cluster afresh" in low.log(),
-         low, what="the waiting instance to restart on taking over")
+         low, what="the paused instance to restart on taking over")
     replacement = start_operator(priority=10)
     wait(kube, lambda c: replacement.metric("hetplace_leader") == 1, replacement, what="the restarted one to lead")
-    kube.patch(*IW, NAME, {"spec": {"constraints": {"pools": ["gpu-cloud-eu"]}}}, NS)
-    wait(kube, ready_on(["gpu-cloud-eu"]), replacement, what="the new leader to handle a change")
+    kube.patch(*IW, NAME, {"spec": {"constraints": {"pools": ["cpu-cloud-eu"]}}}, NS)
+    wait(kube, ready_on(["cpu-cloud-eu"]), replacement, what="the restarted leader to handle a change")
 
 
 def test_an_operator_killed_mid_move_converges_with_no_orphans(kube, start_operator):  # noqa: F811

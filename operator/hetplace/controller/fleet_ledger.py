@@ -3,6 +3,11 @@ changes, so that deciding one workload costs one placement whatever the size of 
 
 The engine's `Ledger` is rebuilt only when the pools or the links change (a pool edited, Nodes
 changed, a telemetry reading); a workload's status change replaces just its own charge.
+
+A decision is charged the moment it is made (`charge`), not when its status write comes back
+through the watch: decisions made one after another, before any of their writes is seen, would
+otherwise each take the same free capacity and bandwidth. The caller `settle`s it once the write
+is done or has failed; until then the decision is what the workload holds.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ class FleetLedger:
         # refused), the workload as the engine read it then, and what it holds
         self._held: dict[str, tuple[WorkloadView, Workload, Decision]] = {}
         self._gone: set[str] = set()            # uids deleted: a late status write does not revive them
+        self._pending: dict[str, tuple[Workload, Decision]] = {}    # decided, status not yet written
         self._pools: tuple[Pool, ...] | None = None
         self._ledger: Ledger | None = None
 
@@ -39,7 +45,11 @@ class FleetLedger:
             if uid in self._gone:
                 return
             if held is None:
-                self.forget(view.key)
+                before = self._held.get(view.key)
+                if (before is not None and view.status is None and before[0].generation == view.generation
+                        and (before[0].body.get("metadata") or {}).get("uid") == uid):
+                    return      # an event from before the operator's own status write, delivered after it
+                self._drop(view.key)
                 return
             if view.valid is None:
                 if view.key not in self._held:
@@ -47,19 +57,47 @@ class FleetLedger:
                 view = self._held[view.key][0]
             w = to_engine(view)
             self._held[view.key] = (view, w, held)
-            if self._ledger is not None:
-                if all(g.pool in self._ledger.pools for g in held.groups):
-                    self._ledger.add(w, held)
-                else:
-                    self._ledger.remove(w)
+            if view.key not in self._pending:       # a decision being written stays charged until settled
+                self._charge(w, held)
+
+    def charge(self, key: str, w: Workload, decision: Decision) -> None:
+        """Charge a decision just made, before its status is written (see the module's note)."""
+        with self.lock:
+            self._pending[key] = (w, decision)
+            self._charge(w, decision)
+
+    def settle(self, key: str) -> None:
+        """The decision's write is done (or failed): the workload holds what its status says again."""
+        with self.lock:
+            pending = self._pending.pop(key, None)
+            if pending is None:
+                return
+            held = self._held.get(key)
+            if held is not None:
+                self._charge(held[1], held[2])
+            elif self._ledger is not None:
+                self._ledger.remove(pending[0])
+
+    def _charge(self, w: Workload, held: Decision) -> None:
+        if self._ledger is not None:
+            if all(g.pool in self._ledger.pools for g in held.groups):
+                self._ledger.add(w, held)
+            else:
+                self._ledger.remove(w)
+
+    def _drop(self, key: str) -> None:
+        held = self._held.pop(key, None)
+        if held is not None and self._ledger is not None and key not in self._pending:
+            self._ledger.remove(held[1])
 
     def forget(self, key: str, uid: str = "") -> None:
         with self.lock:
             if uid:
                 self._gone.add(uid)
-            held = self._held.pop(key, None)
-            if held is not None and self._ledger is not None:
-                self._ledger.remove(held[1])
+            self._drop(key)
+            pending = self._pending.pop(key, None)
+            if pending is not None and self._ledger is not None:
+                self._ledger.remove(pending[0])
 
     def ledger_for(self, pools: tuple[Pool, ...]) -> Ledger:
         """The ledger against `pools` (rebuilt if they differ from last time). Hold `lock` while using it."""
@@ -68,7 +106,9 @@ class FleetLedger:
                 names = {p.name for p in pools}
                 if self.to_engine is not None:      # read each workload again (telemetry may have changed it)
                     self._held = {k: (v, self.to_engine(v), d) for k, (v, _, d) in self._held.items()}
-                self._ledger = Ledger(pools, [(w, d) for _, w, d in self._held.values()
+                charges = {k: (w, d) for k, (_, w, d) in self._held.items()}
+                charges.update(self._pending)
+                self._ledger = Ledger(pools, [(w, d) for w, d in charges.values()
                                               if all(g.pool in names for g in d.groups)])
                 self._pools = pools
             return self._ledger

@@ -66,6 +66,7 @@ def make_registry() -> kopf.OperatorRegistry:
 
     @kopf.on.event(GROUP, VERSION, "computepools", registry=registry, id="pool-gone")
     def pool_gone(type: str, name: str, memo: kopf.Memo, **_: Any) -> None:
+        memo.operator.indexes_full.set()        # kopf runs handlers only once every index is full
         if type == "DELETED":
             memo.operator.pool_deleted(name)
 
@@ -81,6 +82,7 @@ def make_registry() -> kopf.OperatorRegistry:
 
     @kopf.on.event(GROUP, VERSION, "inferenceworkloads", registry=registry, id="workload-gone")
     def workload_gone(type: str, namespace: str, name: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+        memo.operator.indexes_full.set()
         if type == "DELETED":       # what it held is free again (its children go with it, by owner reference)
             memo.operator.workload_deleted(f"{namespace}/{name}", body.get("metadata", {}).get("uid", ""))
 

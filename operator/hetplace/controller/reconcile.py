@@ -52,6 +52,7 @@ class Choice:
     target: Decision | None
     started: datetime | None = None
     reason: str = ""
+    decided: bool = False               # the engine ran (not a look at a placement already decided)
 
 
 @dataclass(frozen=True)
@@ -119,12 +120,14 @@ def choose(view: WorkloadView, picture: Picture, telemetry: Telemetry, now: date
         with fleet.lock:      # what this workload holds is taken out while it is decided, then put back
             snapshot, ledger = fleet.snapshot(with_links(picture.engine_pools(), telemetry.links))
             decision = place_one(w, snapshot, ledger, current=view.migration_target or view.running)
+            if decision.feasible and not (view.running and view.running.fingerprint() == decision.fingerprint()):
+                fleet.charge(view.key, w, decision)     # the next decision must see it (the caller settles it)
     if not decision.feasible:
-        return Choice("infeasible", decision, reason=decision.reason)
+        return Choice("infeasible", decision, reason=decision.reason, decided=True)
     if view.running is not None and view.running.fingerprint() == decision.fingerprint():
-        return Choice("keep", view.running)
+        return Choice("keep", view.running, decided=True)
     why = _why_replanned(view, known)
-    return Choice("move", dataclasses.replace(decision, reason=f"{why}: {decision.reason}"), now, why)
+    return Choice("move", dataclasses.replace(decision, reason=f"{why}: {decision.reason}"), now, why, decided=True)
 
 
 def _why_replanned(view: WorkloadView, pools: set[str]) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -60,6 +61,8 @@ from hetplace.render.names import group_name
 log = logging.getLogger("hetplace")
 Probe = Callable[[str, str, float], Any]        # (endpoint, model, timeout_s) -> .ready, .reason, .message
 API_VERSION = "hetplace.io/v1alpha1"
+RESUMED = ("taking over after a pause: restarting to read the cluster afresh (kopf's indexes are not "
+           "refreshed while paused)")
 
 
 def utc_now() -> datetime:
@@ -93,11 +96,9 @@ class Operator:
     telemetry_fresh_at: float = 0.0
     was_follower: bool = False
     stop_flag: asyncio.Event | None = None
-
-    @property
-    def stale(self) -> bool:
-        """kopf resumed this instance after a pause: its indexes missed what happened meanwhile."""
-        return self.was_follower
+    # kopf runs its handlers only once every index is full: the first one to run sets this, and the
+    # loop starts then (pools and moves are not judged on a half-read cluster)
+    indexes_full: asyncio.Event = field(default_factory=asyncio.Event)
 
     def restart(self, why: str) -> None:
         """Stop the operator (its pod restarts with a fresh view of the cluster)."""
@@ -171,8 +172,8 @@ class Operator:
         meta = body.get("metadata", {})
         key = f"{meta.get('namespace') or 'default'}/{meta.get('name')}"
         async with self.lock(key):
-            if self.stale:
-                self.restart("this instance resumed after a pause: its view of the cluster may be stale")
+            if self.was_follower:       # kopf resumed this instance after a pause: its indexes missed things
+                self.restart(RESUMED)
                 return None
             fresh = await asyncio.to_thread(self.kube.get, API_VERSION, "InferenceWorkload", meta.get("namespace"),
                                             meta.get("name"))
@@ -189,28 +190,36 @@ class Operator:
                     view = dataclasses.replace(view, running=serving)
                     picture.workloads = {view.key: view}
             now = self.clock()
-            choice = planned.choice if planned is not None else await asyncio.to_thread(
-                choose, view, picture, self.telemetry, now, self.fleet)
-            choice = self.backed_off(view, choice)
-            if choice.verdict in ("keep", "move"):
-                self.metrics.decision_duration.observe(time.perf_counter() - started)
-            ready, why = (await self.readiness(view, choice, picture) if choice.verdict in ("keep", "move")
-                          else ({}, {}))
-            outcome = converge(view, choice, picture, self.telemetry, ready, now, waiting=why,
-                               move_timeout_s=self.settings.move_timeout_seconds, image=self.settings.triton_image,
-                               dry_run=self.settings.dry_run, drain_s=self.settings.drain_seconds)
             try:
-                await asyncio.to_thread(self.execute, view, outcome)
-            except KubeError as failed:
-                if failed.refused:      # say so in status: retrying the same request will not help
-                    self.refused[view.key] = view.generation
-                    await asyncio.to_thread(self.report_refusal, view, failed)
-                raise
-            self.refused.pop(view.key, None)
-            if any(n.reason == "MoveTimedOut" for n in outcome.events):
-                self.timed_out[view.key] = (choice.target.fingerprint(),
-                                            time.monotonic() + self.settings.move_timeout_seconds)
-            return outcome
+                return await self._decide_and_step(view, picture, planned, started, now)
+            finally:
+                self.fleet.settle(view.key)     # what was charged at the decision gives way to what was written
+
+    async def _decide_and_step(self, view: WorkloadView, picture: Picture, planned: Planned | None, started: float,
+                               now: datetime) -> Outcome:
+        """Decide (or take the planned move), check readiness, converge one step and execute it."""
+        choice = planned.choice if planned is not None else await asyncio.to_thread(
+            choose, view, picture, self.telemetry, now, self.fleet)
+        if choice.decided:
+            self.metrics.decision_duration.observe(time.perf_counter() - started)
+        choice = self.backed_off(view, choice)
+        ready, why = (await self.readiness(view, choice, picture) if choice.verdict in ("keep", "move")
+                      else ({}, {}))
+        outcome = converge(view, choice, picture, self.telemetry, ready, now, waiting=why,
+                           move_timeout_s=self.settings.move_timeout_seconds, image=self.settings.triton_image,
+                           dry_run=self.settings.dry_run, drain_s=self.settings.drain_seconds)
+        try:
+            await asyncio.to_thread(self.execute, view, outcome, choice.decided)
+        except KubeError as failed:
+            if failed.refused:      # say so in status: retrying the same request will not help
+                self.refused[view.key] = view.generation
+                await asyncio.to_thread(self.report_refusal, view, failed)
+            raise
+        self.refused.pop(view.key, None)
+        if any(n.reason == "MoveTimedOut" for n in outcome.events):
+            self.timed_out[view.key] = (choice.target.fingerprint(),
+                                        time.monotonic() + self.settings.move_timeout_seconds)
+        return outcome
 
     def backed_off(self, view: WorkloadView, choice: Choice) -> Choice:
         """A new move to a target that just timed out waits one timeout before it is tried again."""
@@ -264,8 +273,10 @@ class Operator:
                     why[key] = f"{verdict.reason}: {verdict.message}"
         return ready, why
 
-    def execute(self, view: WorkloadView, outcome: Outcome) -> None:
-        """Apply what changed, prune what is no longer wanted, write status, record Events."""
+    def execute(self, view: WorkloadView, outcome: Outcome, decided: bool = False) -> None:
+        """Apply what changed, prune what is no longer wanted, write status, record Events; count the
+        outcome if the engine `decided` it or something was written (a poll that changed nothing is
+        no decision)."""
         uid = view.body.get("metadata", {}).get("uid")
         conflicts = []
         for obj in outcome.apply:
@@ -295,7 +306,7 @@ class Operator:
             except KubeError as lost:       # an Event is a courtesy; the status already says it
                 log.warning("event %s on %s not recorded: %s", note.reason, view.key, lost)
         namespace, name = view.key.split("/", 1)
-        if outcome.status is not None or outcome.apply or outcome.delete:      # a poll that changed nothing is no decision
+        if decided or outcome.status is not None or outcome.apply or outcome.delete:
             self.metrics.record_outcome(namespace, name, "placed" if outcome.outcome == "moving" else outcome.outcome,
                                         outcome.serving)
 
@@ -385,9 +396,9 @@ class Operator:
         now = self.clock()
         running = {v.key: Running(v.running, v.status.decision.at.timestamp() if v.status and v.status.decision
                                   else None) for v in valid if v.running is not None}
-        plan = await asyncio.to_thread(plan_moves, workloads, snapshot, running, now.timestamp(),
-                                       max_moves=self.settings.max_moves_per_cycle,
-                                       time_limit_s=self.settings.solver_time_limit_seconds)
+        plan = await in_daemon_thread(plan_moves, workloads, snapshot, running, now.timestamp(),
+                                      max_moves=self.settings.max_moves_per_cycle,
+                                      time_limit_s=self.settings.solver_time_limit_seconds, clock=time.monotonic)
         by_key = {v.key: v for v in valid}
         for move in plan.moves:
             if self.refused.get(move.workload) == by_key[move.workload].generation:
@@ -476,35 +487,74 @@ class Operator:
         return None
 
     async def run_loop(self, stop: asyncio.Event) -> None:
-        """On the leader: progress moves every `move_poll_seconds`, rebalance every `rebalance_interval_seconds`
-        (or at once when pools change)."""
+        """On the leader, once the indexes are full: progress moves every `move_poll_seconds`, and
+        rebalance every `rebalance_interval_seconds` (or at once when pools change) in a task of its
+        own, so a long cycle over a large fleet does not hold up the moves under way."""
         last_rebalance = 0.0
-        while not stop.is_set():
-            try:
-                leading = await asyncio.to_thread(self.leading)
-                self.metrics.leader.set(1 if leading else 0)
-                if not leading:
-                    self.was_follower = True
-                elif self.was_follower:
-                    self.restart("taking over from another instance: restarting to read the cluster afresh "
-                                 "(kopf's indexes are not refreshed while paused)")
-                    return
-                if leading:
-                    due = time.monotonic() - last_rebalance >= self.settings.rebalance_interval_seconds
-                    await self.progress_moves(waiting_too=due)
-                    if due or self.wake.is_set():
-                        self.wake.clear()
-                        last_rebalance = time.monotonic()
-                        await self.rebalance()
-                        self.metrics.rebalance_cycles.inc()
-            except KubeError as failed:
-                log.warning("rebalance cycle: %s", failed)
-            except Exception:          # the loop must outlive one bad cycle; the traceback says what broke
-                log.exception("rebalance cycle failed")
-            try:
-                await asyncio.wait_for(self.wake.wait(), timeout=self.settings.move_poll_seconds)
-            except asyncio.TimeoutError:
-                pass
+        cycle: asyncio.Task | None = None
+        try:
+            while not stop.is_set():
+                try:
+                    leading = await asyncio.to_thread(self.leading)
+                    self.metrics.leader.set(1 if leading else 0)
+                    if not leading:
+                        # kopf pauses its watches meanwhile: what the indexes hold already goes stale
+                        self.was_follower = self.was_follower or any(len(i) for i in self.indices.values())
+                    elif self.was_follower:
+                        self.restart(RESUMED)
+                        return
+                    if leading and self.indexes_full.is_set():
+                        due = time.monotonic() - last_rebalance >= self.settings.rebalance_interval_seconds
+                        await self.progress_moves(waiting_too=due)
+                        if (due or self.wake.is_set()) and (cycle is None or cycle.done()):
+                            self.wake.clear()
+                            last_rebalance = time.monotonic()
+                            cycle = asyncio.create_task(self._rebalance_cycle(), name="hetplace rebalance cycle")
+                except KubeError as failed:
+                    log.warning("operator loop: %s", failed)
+                except Exception:          # the loop must outlive one bad cycle; the traceback says what broke
+                    log.exception("operator loop failed")
+                try:
+                    await asyncio.wait_for(self.wake.wait(), timeout=self.settings.move_poll_seconds)
+                except asyncio.TimeoutError:
+                    pass
+        finally:
+            if cycle is not None and not cycle.done():
+                cycle.cancel()      # its planning thread is a daemon: it does not hold the process up
+
+    async def _rebalance_cycle(self) -> None:
+        try:
+            await self.rebalance()
+            self.metrics.rebalance_cycles.inc()
+        except KubeError as failed:
+            log.warning("rebalance cycle: %s", failed)
+        except Exception:
+            log.exception("rebalance cycle failed")
+
+
+async def in_daemon_thread(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """`fn` in a thread of its own that does not keep the process alive when the operator stops
+    (asyncio.to_thread's pool is joined at exit: a long solve would hold a SIGTERM up)."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future = loop.create_future()
+
+    def deliver(result: Any, failed: BaseException | None) -> None:
+        if not done.done():
+            done.set_exception(failed) if failed is not None else done.set_result(result)
+
+    def work() -> None:
+        result, failure = None, None
+        try:
+            result = fn(*args, **kwargs)
+        except BaseException as failed:  # noqa: BLE001 — handed to the awaiting task
+            failure = failed
+        try:
+            loop.call_soon_threadsafe(deliver, result, failure)
+        except RuntimeError:        # the loop closed meanwhile: nobody waits any more
+            pass
+
+    threading.Thread(target=work, name=f"hetplace {getattr(fn, '__name__', 'work')}", daemon=True).start()
+    return await done
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,115 @@
+"""The operator's loop without an API server: it starts once kopf's indexes are full, a long
+rebalance cycle runs beside the moves under way rather than in front of them, and a stop does not
+wait for a solve that is still running."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+
+from hetplace.config import Settings
+from hetplace.controller.runtime import Operator, in_daemon_thread
+from hetplace.metrics import OperatorMetrics
+
+pytestmark = pytest.mark.unit
+
+
+class Recorder:
+    """Stands in for the loop's two steps, counting them."""
+
+    def __init__(self, cycle_s: float = 0.0) -> None:
+        self.cycles = self.polls = 0
+        self.cycle_s = cycle_s
+        self.solving = threading.Event()
+
+    async def rebalance(self) -> None:
+        self.cycles += 1
+        if self.cycle_s:
+            self.solving.set()
+            await in_daemon_thread(time.sleep, self.cycle_s)       # a solve that outlasts many polls
+
+    async def progress_moves(self, waiting_too: bool = False) -> None:
+        self.polls += 1
+
+
+def standalone_operator(recorder: Recorder, rebalance_interval_s: float = 1.0) -> Operator:
+    settings = Settings(move_poll_seconds=0.05, rebalance_interval_seconds=rebalance_interval_s)
+    operator = Operator(settings, kube=None, metrics=OperatorMetrics(), standalone=True)
+    operator.rebalance = recorder.rebalance
+    operator.progress_moves = recorder.progress_moves
+    return operator
+
+
+def run(scenario) -> None:
+    asyncio.run(asyncio.wait_for(scenario(), timeout=20))
+
+
+def test_the_loop_waits_for_the_indexes_to_be_full():
+    recorder = Recorder()
+
+    async def scenario():
+        operator = standalone_operator(recorder)
+        stop = asyncio.Event()
+        loop = asyncio.create_task(operator.run_loop(stop))
+        await asyncio.sleep(0.4)
+        assert (recorder.cycles, recorder.polls) == (0, 0), "nothing is judged on a half-read cluster"
+        operator.indexes_full.set()
+        await asyncio.sleep(0.4)
+        assert recorder.cycles == 1 and recorder.polls >= 3
+        stop.set()
+        await loop
+
+    run(scenario)
+
+
+def test_a_long_rebalance_cycle_does_not_hold_up_the_moves_under_way():
+    recorder = Recorder(cycle_s=1.5)
+
+    async def scenario():
+        operator = standalone_operator(recorder, rebalance_interval_s=1)
+        operator.indexes_full.set()
+        stop = asyncio.Event()
+        loop = asyncio.create_task(operator.run_loop(stop))
+        await asyncio.sleep(0.2)
+        assert recorder.solving.is_set()
+        polls = recorder.polls
+        await asyncio.sleep(0.8)            # the cycle is still solving, and due again: not started twice
+        assert recorder.polls - polls >= 8, "moves keep being looked at every poll"
+        assert recorder.cycles == 1
+        stop.set()
+        await loop
+
+    run(scenario)
+
+
+def test_a_stop_does_not_wait_for_a_solve_still_running():
+    recorder = Recorder(cycle_s=30)
+
+    async def scenario():
+        operator = standalone_operator(recorder)
+        operator.indexes_full.set()
+        stop = asyncio.Event()
+        loop = asyncio.create_task(operator.run_loop(stop))
+        await asyncio.sleep(0.2)
+        assert recorder.solving.is_set()
+        started = time.monotonic()
+        stop.set()
+        operator.wake_soon()
+        await loop
+        assert time.monotonic() - started < 1.0
+        solver = next(t for t in threading.enumerate() if t.name == "hetplace sleep")
+        assert solver.daemon, "the process can exit with the solve unfinished"
+
+    run(scenario)
+
+
+def test_a_failure_in_the_daemon_thread_reaches_the_caller():
+    async def scenario():
+        with pytest.raises(ZeroDivisionError):
+            await in_daemon_thread(lambda: 1 / 0)
+        assert await in_daemon_thread(sum, [1, 2, 3]) == 6
+
+    run(scenario)
