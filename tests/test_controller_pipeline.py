@@ -26,7 +26,7 @@ from hetplace.controller.inventory import (
     workload_view,
 )
 from hetplace.controller.leader import is_leader
-from hetplace.controller.reconcile import Choice, Outcome, Telemetry, choose, converge
+from hetplace.controller.reconcile import Choice, Outcome, Telemetry, choose, converge, deployments_ready
 from hetplace.engine.observed import LinkObservation, correction_factor
 from hetplace.api.load import load_manifests
 
@@ -79,18 +79,14 @@ class Cluster:
             merged = {**self.body.get("status", {}), **outcome.status}
             self.body["status"] = json.loads(json.dumps({k: v for k, v in merged.items() if v is not None}))
 
-    def ready(self, choice: Choice) -> dict:
-        names = {c.name: c for cs in self.picture().children.values() for c in cs if c.kind == "Deployment"}
-        return {(g.pool, g.variant): (n := names.get(f"defect-detector-{g.pool}-{g.variant}")) is not None
-                and n.available for g in choice.target.groups} if choice.target else {}
-
     def cycle(self, now: datetime, telemetry: Telemetry = Telemetry(), choice: Choice | None = None,
               drain_s: float = 0.0) -> Outcome:
         picture = self.picture()
         view = next(iter(picture.workloads.values()))
         choice = choice or choose(view, picture, telemetry, now)
-        outcome = converge(view, choice, picture, telemetry, self.ready(choice), now, move_timeout_s=600,
-                           image="triton:test", drain_s=drain_s)
+        ready, why = deployments_ready(view, choice, picture)
+        outcome = converge(view, choice, picture, telemetry, ready, now, move_timeout_s=600,
+                           image="triton:test", drain_s=drain_s, waiting=why)
         self.write(outcome)
         return outcome
 
@@ -124,6 +120,21 @@ def test_a_first_placement_creates_the_children_and_reports_placed():
     second = cluster.cycle(T0 + timedelta(seconds=5))
     assert second.apply == () and second.delete == ()
     assert condition(cluster, "Ready")["status"] == "True"
+
+
+def test_a_first_placement_writes_status_twice_placed_then_ready():
+    """The decision's status, then Ready: a Deployment created but not yet available, or a look at
+    the placement that reads it back from status, writes nothing (the reasons the other options
+    lost stay as the engine gave them)."""
+    cluster = Cluster(workload_body())
+    cluster.unavailable.add("defect-detector-cpu-cloud-eu-openvino-int8")
+    assert cluster.cycle(T0).status is not None
+    rejected = cluster.body["status"]["rejected"]
+    assert rejected, "the first decision says why the other pools lost"
+    assert cluster.cycle(T0 + timedelta(seconds=1)).status is None, "created, not available: nothing new to say"
+    cluster.unavailable.clear()
+    assert cluster.cycle(T0 + timedelta(seconds=2)).status is not None
+    assert condition(cluster, "Ready")["status"] == "True" and cluster.body["status"]["rejected"] == rejected
 
 
 def test_nothing_is_written_when_nothing_changed():

@@ -244,6 +244,10 @@ def run_operator(priority: int | None, standalone: bool, namespaces: tuple[str, 
 
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not verbose:     # kopf says so for every handler on every event: thousands of lines a minute
+        logging.getLogger("kopf.objects").addFilter(
+            lambda record: not (record.levelno == logging.INFO and str(record.msg).startswith("Handler ")
+                                and str(record.msg).endswith(" succeeded.")))
     try:
         settings = Settings(**({"watch_namespaces": list(namespaces)} if namespaces else {}))
     except pydantic.ValidationError as refused:

@@ -76,7 +76,7 @@ def make_registry() -> kopf.OperatorRegistry:
 
     @kopf.index(GROUP, VERSION, "inferenceworkloads", registry=registry, id="workloads")
     def workloads(body: kopf.Body, memo: kopf.Memo, **_: Any) -> dict:
-        view = workload_view(dict(body))
+        view = workload_view(dict(body), memo.operator.specs)
         memo.operator.indexed(view)
         return {view.key: view}
 
@@ -105,9 +105,12 @@ def make_registry() -> kopf.OperatorRegistry:
             raise kopf.TemporaryError(str(failed), delay=2) from failed
 
     @kopf.on.event("apps", "v1", "deployments", labels=MANAGED, registry=registry, id="deployment-changed")
-    async def deployment_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    async def deployment_changed(type: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
         child = child_view(dict(body))
-        if child is not None:
+        if child is None:
+            return
+        changed = memo.operator.availability_changed(child, gone=type == "DELETED")
+        if changed and type is not None:        # a listing (start, watch renewed): resuming looks at the workload
             await memo.operator.progress(child.workload)
 
     return registry

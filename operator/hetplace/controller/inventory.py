@@ -86,22 +86,46 @@ class WorkloadView:
         return int(self.body.get("metadata", {}).get("generation") or 1)
 
 
-def workload_view(body: Mapping[str, Any]) -> WorkloadView:
+class ValidatedSpecs:
+    """Each workload's spec as last validated, reused while its uid, generation and labels stay: the
+    API bumps the generation on every spec change, and most events (status writes, Deployment
+    changes, resyncs) carry a spec already read. Thread-safe enough: a miss just validates again."""
+
+    def __init__(self) -> None:
+        self._by_key: dict[str, tuple[tuple, InferenceWorkload | None, str, Workload | None]] = {}
+
+    def of(self, key: str, body: Mapping[str, Any]) -> tuple[InferenceWorkload | None, str, Workload | None]:
+        meta = body.get("metadata", {})
+        stamp = (meta.get("uid"), meta.get("generation"), tuple(sorted((meta.get("labels") or {}).items())))
+        known = self._by_key.get(key)
+        if known is not None and known[0] == stamp and stamp[0] is not None:
+            return known[1:]
+        valid, problem, engine = _validated(body)
+        self._by_key[key] = (stamp, valid, problem, engine)
+        return valid, problem, engine
+
+    def forget(self, key: str) -> None:
+        self._by_key.pop(key, None)
+
+
+def _validated(body: Mapping[str, Any]) -> tuple[InferenceWorkload | None, str, Workload | None]:
+    try:
+        valid = validate_manifest(InferenceWorkload, {k: v for k, v in body.items() if k != "status"})
+    except InvalidObject as refused:
+        return None, str(refused), None
+    return valid, "", workload_from_spec(valid.metadata.namespace or "default", valid.metadata.name, valid.spec)
+
+
+def workload_view(body: Mapping[str, Any], specs: ValidatedSpecs | None = None) -> WorkloadView:
     meta = body.get("metadata", {})
     key = f"{meta.get('namespace') or 'default'}/{meta.get('name')}"
     status = _status(body.get("status"))
-    objective = "MinCost"
-    try:
-        valid = validate_manifest(InferenceWorkload, {k: v for k, v in body.items() if k != "status"})
-        problem = ""
-        objective = valid.spec.policy.objective
-    except InvalidObject as refused:
-        valid, problem = None, str(refused)
+    valid, problem, engine = specs.of(key, body) if specs is not None else _validated(body)
+    objective = valid.spec.policy.objective if valid is not None else "MinCost"
     running = decision_from(key, status.placements, objective, status.decision.reason if status and status.decision
                             else "") if status and not _dry_run(status) else None
     migration = status.migration if status else None
     target = decision_from(key, migration.target, objective, migration.reason) if migration else None
-    engine = workload_from_spec(valid.metadata.namespace or "default", valid.metadata.name, valid.spec) if valid else None
     return WorkloadView(key, body, valid, problem, running, target, migration.started_at if migration else None, status,
                         engine, migration.routes_switched_at if migration else None,
                         decision_from(key, migration.leaving, objective, "") if migration else None)

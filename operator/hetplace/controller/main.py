@@ -14,6 +14,7 @@ import kopf
 import prometheus_client
 
 from hetplace.config import Settings
+from hetplace.controller import kopf_fixes
 from hetplace.controller.handlers import kopf_settings, make_registry
 from hetplace.controller.leader import peering_objects
 from hetplace.controller.runtime import Operator
@@ -56,6 +57,7 @@ def run(settings: Settings, *, priority: int | None = None, standalone: bool = F
         liveness_endpoint: str | None = None) -> None:
     """Run until SIGINT/SIGTERM. Two instances with one peering name: the higher priority works,
     the other waits (a tie pauses both, so the default priority is random)."""
+    kopf_fixes.apply()
     identity = own_identity()
     priority = priority if priority is not None else random.randint(1, 1_000_000)
     operator = build_operator(settings, identity=identity, priority=priority, standalone=standalone)

@@ -130,6 +130,25 @@ def choose(view: WorkloadView, picture: Picture, telemetry: Telemetry, now: date
     return Choice("move", dataclasses.replace(decision, reason=f"{why}: {decision.reason}"), now, why, decided=True)
 
 
+def deployments_ready(view: WorkloadView, choice: Choice,
+                      picture: Picture) -> tuple[dict[GroupKey, bool], dict[GroupKey, str]]:
+    """Which of the target's groups have an available Deployment, and for each one that has not, why
+    (the caller adds the model probe)."""
+    if choice.target is None or view.valid is None:
+        return {}, {}
+    name = view.valid.metadata.name
+    owned = {c.name: c for c in picture.children.get(view.key, ()) if c.kind == "Deployment"}
+    ready: dict[GroupKey, bool] = {}
+    why: dict[GroupKey, str] = {}
+    for g in choice.target.groups:
+        deployment = owned.get(group_name(name, g.pool, g.variant))
+        ready[(g.pool, g.variant)] = deployment is not None and deployment.available
+        if not ready[(g.pool, g.variant)]:
+            # one wording for "not created" and "not available": status is not rewritten between them
+            why[(g.pool, g.variant)] = f"Deployment {group_name(name, g.pool, g.variant)} not available yet"
+    return ready, why
+
+
 def _why_replanned(view: WorkloadView, pools: set[str]) -> str:
     if view.running is None:
         return "first placement"
@@ -198,9 +217,9 @@ def converge(view: WorkloadView, choice: Choice, picture: Picture, telemetry: Te
 
     moving = step.phase == "Migrating"
     serving = step.routes
-    if applying and not dry_run:
-        waiting = {**(waiting or {}), **{k: "Deployment being updated" for k in step.run
-                                         if group_name(workload.metadata.name, *k) in applying}}
+    if applying and not dry_run:        # one not created yet keeps its wording: status is not rewritten once it is
+        waiting = {**{k: "Deployment being updated" for k in step.run
+                      if group_name(workload.metadata.name, *k) in applying}, **(waiting or {})}
     observed = {
         "Valid": Observed(True, "Valid", "spec accepted"),
         "Placed": Observed(True, step.reason, step.message),

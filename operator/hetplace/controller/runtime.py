@@ -21,6 +21,7 @@ from hetplace.controller.inventory import (
     Child,
     Picture,
     PoolView,
+    ValidatedSpecs,
     WorkloadView,
     live_pool,
     served_by,
@@ -35,6 +36,7 @@ from hetplace.controller.reconcile import (
     Telemetry,
     choose,
     converge,
+    deployments_ready,
     engine_workload,
     snapshot_for,
     status_patch,
@@ -88,6 +90,8 @@ class Operator:
     site_telemetry: SiteTelemetry | None = None
     locks: dict[str, asyncio.Lock] = field(default_factory=dict)
     fleet: FleetLedger = field(default_factory=FleetLedger)
+    specs: ValidatedSpecs = field(default_factory=ValidatedSpecs)
+    available: dict[tuple[str, str], bool] = field(default_factory=dict)   # Deployment -> available, as last seen
     timed_out: dict[str, tuple[str, float]] = field(default_factory=dict)
     last_valid_pools: dict[str, PoolView] = field(default_factory=dict)
     reported_conflicts: set[tuple[str, str]] = field(default_factory=set)
@@ -151,6 +155,7 @@ class Operator:
 
     def workload_deleted(self, key: str, uid: str) -> None:
         self.fleet.forget(key, uid)
+        self.specs.forget(key)
         self.timed_out.pop(key, None)
         self.metrics.forget(*key.split("/", 1))
 
@@ -179,7 +184,7 @@ class Operator:
                                             meta.get("name"))
             if fresh is None:
                 return None         # deleted meanwhile
-            view = workload_view(fresh)
+            view = workload_view(fresh, self.specs)
             if planned is not None and not planned.still_applies(view):
                 return None
             started = time.perf_counter()
@@ -200,9 +205,9 @@ class Operator:
         """Decide (or take the planned move), check readiness, converge one step and execute it."""
         choice = planned.choice if planned is not None else await asyncio.to_thread(
             choose, view, picture, self.telemetry, now, self.fleet)
-        if choice.decided:
-            self.metrics.decision_duration.observe(time.perf_counter() - started)
         choice = self.backed_off(view, choice)
+        if choice.verdict in ("keep", "move"):     # a resumed placement kept as it is was decided too
+            self.metrics.decision_duration.observe(time.perf_counter() - started)
         ready, why = (await self.readiness(view, choice, picture) if choice.verdict in ("keep", "move")
                       else ({}, {}))
         outcome = converge(view, choice, picture, self.telemetry, ready, now, waiting=why,
@@ -251,19 +256,9 @@ class Operator:
                         picture: Picture) -> tuple[dict[GroupKey, bool], dict[GroupKey, str]]:
         """A group is ready when its Deployment is available and (with probing on) its model answers
         ready through tritonclient; for each one that is not, why."""
-        if choice.target is None or view.valid is None:
-            return {}, {}
-        name, namespace = view.valid.metadata.name, view.valid.metadata.namespace or "default"
-        owned = {c.name: c for c in picture.children.get(view.key, ()) if c.kind == "Deployment"}
-        ready: dict[GroupKey, bool] = {}
-        why: dict[GroupKey, str] = {}
-        for g in choice.target.groups:
-            deployment = owned.get(group_name(name, g.pool, g.variant))
-            ready[(g.pool, g.variant)] = deployment is not None and deployment.available
-            if not ready[(g.pool, g.variant)]:
-                # one wording for "not created" and "not available": status is not rewritten between them
-                why[(g.pool, g.variant)] = f"Deployment {group_name(name, g.pool, g.variant)} not available yet"
-        if self.probe is not None and self.settings.probe_models:
+        ready, why = deployments_ready(view, choice, picture)
+        if ready and self.probe is not None and self.settings.probe_models:
+            name, namespace = view.valid.metadata.name, view.valid.metadata.namespace or "default"
             model = view.valid.spec.model.name
             for key in [k for k, ok in ready.items() if ok]:
                 endpoint = triton_endpoint(group_name(name, *key), namespace, template=self.settings.triton_endpoint)
@@ -295,7 +290,7 @@ class Operator:
             written = self.kube.patch_status(API_VERSION, "InferenceWorkload", meta.get("namespace"), meta.get("name"),
                                              outcome.status, resource_version=meta.get("resourceVersion"))
             if written:       # charge it now: the next decision must not wait for the watch to see it
-                self.indexed(workload_view(written))
+                self.indexed(workload_view(written, self.specs))
         now = self.clock().isoformat().replace("+00:00", "Z")
         notes = [*outcome.events, *(Note("Warning", "NameConflict", f"{c}: not taken over (rename the workload, "
                                          "or remove that object)") for c in conflicts)]
@@ -344,6 +339,17 @@ class Operator:
                 continue
             if view.migration_target is not None or (waiting_too and _in_progress(view)):
                 await self._safely(view.body)
+
+    def availability_changed(self, child: Child, gone: bool = False) -> bool:
+        """Whether a Deployment event matters to its workload: it became available, or stopped being
+        so (created, deleted, rolled out). Its other events (status counters, resyncs) do not."""
+        name = (child.namespace, child.name)
+        before = self.available.get(name, False)
+        if gone:
+            self.available.pop(name, None)
+            return before
+        self.available[name] = child.available
+        return child.available != before
 
     async def progress(self, key: str) -> None:
         """A child of `key` changed (it became available, or stopped being so): look again."""

@@ -59,9 +59,18 @@ def workload_status(name: str, generation: int, decision: Decision | None, phase
                             reason=moving_to.reason[:4096], routes_switched_at=routes_switched,
                             leaving=placements_of(name, leaving))
         if moving_to is not None else None,
-        rejected=[Rejection(pool=r.pool, variant=r.variant, reason=f"{r.filter}: {r.reason}")
-                  for r in (decision.rejected if decision is not None else ())][:MAX_REJECTED],
+        rejected=_rejected(decision, previous),
     )
+
+
+def _rejected(decision: Decision | None, previous: InferenceWorkloadStatus | None) -> list[Rejection]:
+    """Why the other options lost, as the engine said when it decided: a placement read back from
+    status (no engine run) keeps the reasons written with it."""
+    if (decision is not None and not decision.rejected and previous is not None and previous.decision is not None
+            and previous.decision.fingerprint == decision.fingerprint()):
+        return list(previous.rejected)
+    return [Rejection(pool=r.pool, variant=r.variant, reason=f"{r.filter}: {r.reason}")
+            for r in (decision.rejected if decision is not None else ())][:MAX_REJECTED]
 
 
 def conditions_of(kinds: tuple[str, ...], observed: dict[str, Observed], previous: list[Condition], generation: int,
