@@ -111,20 +111,21 @@ def move_timed_out() -> dict:
     return cluster.body
 
 
-def invalid_update() -> dict:
+def updated(field: str, value: float) -> dict:
+    """A placed workload after a spec update of `slo.<field>`, decided once."""
     cluster = placed_cluster()
-    cluster.body["spec"]["slo"]["percentile"] = 101
+    cluster.body["spec"]["slo"][field] = value
     cluster.body["metadata"]["generation"] = 2
     cluster.cycle(T0 + timedelta(minutes=1))
     return cluster.body
+
+
+def invalid_update() -> dict:
+    return updated("percentile", 101)
 
 
 def infeasible_update() -> dict:
-    cluster = placed_cluster()
-    cluster.body["spec"]["slo"]["latencyMs"] = 1
-    cluster.body["metadata"]["generation"] = 2
-    cluster.cycle(T0 + timedelta(minutes=1))
-    return cluster.body
+    return updated("latencyMs", 1)
 
 
 def infeasible_from_the_start() -> dict:
