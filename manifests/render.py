@@ -1,0 +1,81 @@
+"""Renders the GitOps manifests from the Helm chart: the kustomize base, and for each overlay the
+objects its values add, change or remove against the base (`make manifests`; a test fails on drift).
+
+The base is `helm template --include-crds` of charts/hetplace with its default values. An overlay
+is the chart with `overlays/NAME/values.yaml`, written as kustomize input over the base:
+`added.yaml` (resources the base lacks), `changed.yaml` (strategic-merge patches: the whole object
+as the chart renders it) and `removed.yaml` (`$patch: delete` stubs). A test builds each overlay
+with `kubectl kustomize` and checks it equals the chart's own render with those values.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+MANIFESTS = Path(__file__).resolve().parent
+REPO = MANIFESTS.parent
+CHART = REPO / "charts" / "hetplace"
+HELM = Path(os.environ.get("HETPLACE_HELM", REPO / ".tools" / "bin" / "helm"))
+RELEASE, NAMESPACE = "hetplace", "hetplace-system"
+OVERLAYS = ("namespaced", "edge")
+HEADER = "# Rendered by manifests/render.py from charts/hetplace ({what}); edit the chart or values.yaml, then `make manifests`.\n"
+
+
+def helm_template(*args: str) -> str:
+    """`helm template` of the chart as the manifests release it; ValueError with helm's message on failure."""
+    done = subprocess.run([str(HELM), "template", RELEASE, str(CHART), "--namespace", NAMESPACE, *args],
+                          capture_output=True, text=True, timeout=120)
+    if done.returncode != 0:
+        raise ValueError(done.stderr.strip() or f"helm template exited {done.returncode}")
+    return done.stdout
+
+
+def documents(text: str) -> list[dict]:
+    return [doc for doc in yaml.safe_load_all(text) if doc]
+
+
+def key(obj: dict) -> tuple[str, str, str]:
+    return obj["kind"], obj["metadata"].get("namespace", ""), obj["metadata"]["name"]
+
+
+def dump(objects: list[dict], what: str) -> str:
+    body = "---\n".join(yaml.safe_dump(obj, sort_keys=False) for obj in objects)
+    return HEADER.format(what=what) + (body if objects else "[]\n")
+
+
+def render_base() -> dict[str, str]:
+    return {"base/hetplace.yaml": helm_template("--include-crds")}
+
+
+def render_overlay(name: str) -> dict[str, str]:
+    base = {key(obj): obj for obj in documents(helm_template("--include-crds"))}
+    values = MANIFESTS / "overlays" / name / "values.yaml"
+    wanted = {key(obj): obj for obj in documents(helm_template("--include-crds", "--values", str(values)))}
+    added = [obj for k, obj in wanted.items() if k not in base]
+    changed = [obj for k, obj in wanted.items() if k in base and base[k] != obj]
+    removed = [{"apiVersion": obj["apiVersion"], "kind": obj["kind"],
+                "metadata": {k: v for k, v in obj["metadata"].items() if k in ("name", "namespace")},
+                "$patch": "delete"} for k, obj in base.items() if k not in wanted]
+    what = f"values of overlays/{name}/values.yaml"
+    return {f"overlays/{name}/added.yaml": dump(added, what),
+            f"overlays/{name}/changed.yaml": dump(changed, what),
+            f"overlays/{name}/removed.yaml": dump(removed, what)}
+
+
+def render_all() -> dict[str, str]:
+    """Every generated file, by path under manifests/."""
+    files = render_base()
+    for name in OVERLAYS:
+        files.update(render_overlay(name))
+    return files
+
+
+if __name__ == "__main__":
+    for path, text in render_all().items():
+        (MANIFESTS / path).write_text(text)
+        print(f"wrote manifests/{path}", file=sys.stderr)
