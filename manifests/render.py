@@ -3,8 +3,8 @@ objects its values add, change or remove against the base (`make manifests`; a t
 
 The base is `helm template --include-crds` of charts/hetplace with its default values. An overlay
 is the chart with `overlays/NAME/values.yaml`, written as kustomize input over the base:
-`added.yaml` (resources the base lacks), `changed.yaml` (strategic-merge patches: the whole object
-as the chart renders it) and `removed.yaml` (`$patch: delete` stubs). A test builds each overlay
+`added.yaml` (resources the base lacks), `changed.yaml` (strategic-merge patches: the fields that
+differ, a list whole, a field the overlay drops as null) and `removed.yaml` (`$patch: delete` stubs). A test builds each overlay
 with `kubectl kustomize` and checks it equals the chart's own render with those values.
 """
 
@@ -43,6 +43,39 @@ def key(obj: dict) -> tuple[str, str, str]:
     return obj["kind"], obj["metadata"].get("namespace", ""), obj["metadata"]["name"]
 
 
+# Lists Kubernetes' strategic merge merges item by item on `name`; any other list is replaced whole.
+MERGED_BY_NAME = {"containers", "initContainers", "env", "volumes"}
+
+
+def difference(base: dict, wanted: dict) -> dict:
+    """The strategic-merge patch that turns `base` into `wanted`: changed fields only, removed ones
+    as null; in a list merged by name, only the items that changed (a removed one as `$patch: delete`)."""
+    patch = {}
+    for field in base.keys() | wanted.keys():
+        old, new = base.get(field), wanted.get(field)
+        if field not in wanted:
+            patch[field] = None
+        elif old == new:
+            continue
+        elif isinstance(old, dict) and isinstance(new, dict):
+            patch[field] = difference(old, new)
+        elif field in MERGED_BY_NAME and isinstance(old, list) and isinstance(new, list):
+            before = {item["name"]: item for item in old}
+            after = {item["name"]: item for item in new}
+            patch[field] = [{"name": name, **difference(before.get(name, {}), item)}
+                            for name, item in after.items() if before.get(name) != item]
+            patch[field] += [{"name": name, "$patch": "delete"} for name in before if name not in after]
+        else:
+            patch[field] = new
+    return dict(sorted(patch.items()))
+
+
+def patch_for(base: dict, wanted: dict) -> dict:
+    meta = {k: v for k, v in wanted["metadata"].items() if k in ("name", "namespace")}
+    return {"apiVersion": wanted["apiVersion"], "kind": wanted["kind"], "metadata": meta,
+            **{k: v for k, v in difference(base, wanted).items() if k not in ("apiVersion", "kind", "metadata")}}
+
+
 def dump(objects: list[dict], what: str) -> str:
     body = "---\n".join(yaml.safe_dump(obj, sort_keys=False) for obj in objects)
     return HEADER.format(what=what) + (body if objects else "[]\n")
@@ -57,7 +90,7 @@ def render_overlay(name: str) -> dict[str, str]:
     values = MANIFESTS / "overlays" / name / "values.yaml"
     wanted = {key(obj): obj for obj in documents(helm_template("--include-crds", "--values", str(values)))}
     added = [obj for k, obj in wanted.items() if k not in base]
-    changed = [obj for k, obj in wanted.items() if k in base and base[k] != obj]
+    changed = [patch_for(base[k], obj) for k, obj in wanted.items() if k in base and base[k] != obj]
     removed = [{"apiVersion": obj["apiVersion"], "kind": obj["kind"],
                 "metadata": {k: v for k, v in obj["metadata"].items() if k in ("name", "namespace")},
                 "$patch": "delete"} for k, obj in base.items() if k not in wanted]
