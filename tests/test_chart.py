@@ -10,11 +10,11 @@ into the operator's own `Settings`, so chart and operator cannot disagree on a n
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
 import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 from pathlib import Path
@@ -40,8 +40,10 @@ HELM, KUBECTL = TOOLS / "bin" / "helm", TOOLS / "bin" / "kubectl"
 KUBERNETES_VERSION = "1.34.0"
 RELEASE, NAMESPACE = "hetplace", "hetplace-system"
 
-sys.path.insert(0, str(REPO / "manifests"))
-import render as manifests_render  # noqa: E402  (manifests/render.py: the GitOps files from the chart)
+# manifests/render.py (the GitOps files from the chart), loaded under a name of its own
+_spec = importlib.util.spec_from_file_location("hetplace_manifests_render", REPO / "manifests" / "render.py")
+manifests_render = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(manifests_render)
 
 # Value sets beyond the defaults; each is rendered once per module, in parallel.
 VALUE_SETS: dict[str, dict] = {
