@@ -263,10 +263,16 @@ def test_bad_values_are_refused_naming_the_field_value_and_limit(values, field, 
     assert f"at '{field}'" in result.stderr and says in result.stderr, result.stderr
 
 
-def test_the_health_and_metrics_ports_must_differ():
-    result = helm_template({"healthPort": 8080})
-    assert result.returncode != 0
-    assert "healthPort (8080) and settings.metricsPort (8080) must differ" in result.stderr
+@pytest.mark.parametrize("values, says", [
+    ({"healthPort": 8080}, "healthPort (8080) and settings.metricsPort (8080) must differ"),
+    ({"serviceAccount": {"create": False}}, "serviceAccount.name: set it when serviceAccount.create is false"),
+    ({"metrics": {"service": {"enabled": False}, "serviceMonitor": {"enabled": True}}},
+     "metrics.serviceMonitor.enabled needs metrics.service.enabled"),
+], ids=["health and metrics on one port", "no service account to run as", "a ServiceMonitor without its Service"])
+def test_values_that_cannot_work_together_are_refused(values, says):
+    result = helm_template(values)
+    assert result.returncode != 0, f"{values} was accepted"
+    assert says in result.stderr, result.stderr
 
 
 def limits(schema: dict) -> dict[str, float]:
