@@ -177,7 +177,7 @@ def apply_refused() -> dict:
 CASES = [
     pytest.param(fresh, None, "Progressing", "Waiting for the operator",
                  id="a workload the operator has not seen yet is progressing"),
-    pytest.param(first_placement_waiting, "Placed", "Progressing", "Deployment being updated",
+    pytest.param(first_placement_waiting, "Placed", "Progressing", "not available yet",
                  id="a first placement whose Deployment is not available yet is progressing"),
     pytest.param(placed_and_ready, "Placed", "Healthy", "cpu-cloud-eu/openvino-int8 x3",
                  id="placed with every group ready is healthy and says where"),

@@ -58,3 +58,20 @@ def test_hetplace_run_refuses_a_bad_setting_before_it_starts(monkeypatch):
     result = CliRunner().invoke(main, ["run", "--standalone"])
     assert result.exit_code == 1
     assert "HETPLACE_REBALANCE_INTERVAL_SECONDS='0'" in result.output and "greater than or equal to 1" in result.output
+
+
+@pytest.mark.parametrize("value", ["factory,vision", " factory , vision ", '["factory", "vision"]'])
+def test_watched_namespaces_are_a_json_list_or_comma_separated(monkeypatch, value):
+    monkeypatch.setenv("HETPLACE_WATCH_NAMESPACES", value)
+    assert Settings().watch_namespaces == ["factory", "vision"]
+
+
+def test_hetplace_run_names_a_setting_that_is_not_json(monkeypatch):
+    from click.testing import CliRunner
+
+    from hetplace.cli import main
+
+    monkeypatch.setenv("HETPLACE_QUERIES", "{not json")
+    result = CliRunner().invoke(main, ["run", "--standalone"])
+    assert result.exit_code == 1
+    assert "HETPLACE_QUERIES='{not json': not valid JSON" in result.output and "internal error" not in result.output

@@ -237,7 +237,11 @@ def run_operator(priority: int | None, standalone: bool, namespaces: tuple[str, 
     the pod's service account, or KUBECONFIG."""
     import logging
 
+    import os
+    import re
+
     import pydantic
+    from pydantic_settings import SettingsError
 
     from hetplace.config import Settings
     from hetplace.controller import main as operator_main
@@ -253,6 +257,11 @@ def run_operator(priority: int | None, standalone: bool, namespaces: tuple[str, 
     except pydantic.ValidationError as refused:
         raise click.ClickException("; ".join(
             f"HETPLACE_{str(e['loc'][0]).upper()}={e.get('input')!r}: {e['msg']}" for e in refused.errors())) from None
+    except SettingsError as unreadable:        # a list or map setting that is not JSON
+        field = re.search(r'field "(\w+)"', str(unreadable))
+        name = f"HETPLACE_{field.group(1).upper()}" if field else "a HETPLACE_ variable"
+        raise click.ClickException(f"{name}={os.environ.get(name, '')!r}: not valid JSON "
+                                   f"({unreadable.__cause__ or unreadable})") from None
     operator_main.run(settings, priority=priority, standalone=standalone, liveness_endpoint=liveness_endpoint)
 
 

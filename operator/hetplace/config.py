@@ -6,10 +6,12 @@ value and the rule, rather than running with a guess.
 
 from __future__ import annotations
 
+import json
 import re
+from typing import Annotated
 
 from pydantic import Field, HttpUrl, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from hetplace.telemetry.triton import DEFAULT_ENDPOINT_TEMPLATE, check_endpoint_template
 
@@ -56,8 +58,8 @@ class Settings(BaseSettings):
     """Where tritonclient reaches a group's Triton HTTP port; {service}, {namespace} and {port} are filled in."""
     probe_models: bool = True
     """Check through tritonclient that the model is ready before routes switch to a new group."""
-    watch_namespaces: list[str] = Field(default_factory=list)
-    """Empty: every namespace (cluster-wide)."""
+    watch_namespaces: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """Empty: every namespace (cluster-wide). In the environment a JSON list or comma-separated names."""
     peering_name: str = Field(default="hetplace", pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=63)
     peering_lifetime_seconds: int = Field(default=60, ge=1, le=3600)
     """How long a silent peer counts as alive: a killed leader is replaced after this."""
@@ -86,6 +88,19 @@ class Settings(BaseSettings):
     @classmethod
     def _endpoint_template(cls, template: str) -> str:
         return check_endpoint_template(template)
+
+    @field_validator("watch_namespaces", mode="before")
+    @classmethod
+    def _names_from_environment(cls, value: object) -> object:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                try:
+                    return json.loads(text)
+                except json.JSONDecodeError as bad:
+                    raise ValueError(f"not a JSON list of names: {bad}") from None
+            return [name.strip() for name in text.split(",") if name.strip()]
+        return value
 
     @field_validator("watch_namespaces")
     @classmethod

@@ -34,12 +34,12 @@ class OperatorMetrics:
             ["namespace", "workload", "site"], registry=r)
         self.cost = Gauge("hetplace_workload_cost_dollars_per_hour", "What a workload's placement costs per hour.",
                           ["namespace", "workload"], registry=r)
-        self.moves = Counter("hetplace_moves", "Placement changes of running workloads by reason and kind.",
+        self.moves = Counter("hetplace_moves", "Placements the rebalance started, by reason (place, repair, saving) and kind.",
                              ["reason", "kind"], registry=r)
         self.pool_utilization = Gauge("hetplace_pool_utilization_ratio",
                                       "Share of a pool's resource held by hetplace's replicas.",
                                       ["pool", "resource"], registry=r)
-        self.telemetry_age = Gauge("hetplace_telemetry_age_seconds", "Age of the newest telemetry sample used.",
+        self.telemetry_age = Gauge("hetplace_telemetry_age_seconds", "Seconds since telemetry was last read fresh (NaN before the first fresh read).",
                                    ["source"], registry=r)
         self.infeasible = Gauge("hetplace_infeasible_workloads", "Workloads with no placement that meets their spec.",
                                 registry=r)

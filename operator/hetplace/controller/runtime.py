@@ -386,8 +386,11 @@ class Operator:
                 continue
             self.kube.patch_status(API_VERSION, "ComputePool", None, name, patch)
             if view.problem and not (previous and any(c.message.startswith(view.problem) for c in previous.conditions)):
-                self.kube.event({"apiVersion": API_VERSION, "kind": "ComputePool", "metadata": {"name": name}},
-                                "Warning", "InvalidSpec", view.problem, now.isoformat().replace("+00:00", "Z"))
+                try:
+                    self.kube.event({"apiVersion": API_VERSION, "kind": "ComputePool", "metadata": {"name": name}},
+                                    "Warning", "InvalidSpec", view.problem, now.isoformat().replace("+00:00", "Z"))
+                except KubeError as lost:       # a courtesy: the pool's status already says it
+                    log.warning("event InvalidSpec on ComputePool %s not recorded: %s", name, lost)
 
     async def rebalance(self) -> None:
         """Telemetry -> global solve -> hysteresis -> bounded moves (DESIGN §4)."""
