@@ -76,8 +76,7 @@ def make_registry() -> kopf.OperatorRegistry:
 
     @kopf.index(GROUP, VERSION, "inferenceworkloads", registry=registry, id="workloads")
     def workloads(body: kopf.Body, memo: kopf.Memo, **_: Any) -> dict:
-        view = workload_view(dict(body), memo.operator.specs)
-        memo.operator.indexed(view)
+        view = memo.operator.indexed(workload_view(dict(body), memo.operator.specs))
         return {view.key: view}
 
     @kopf.on.event(GROUP, VERSION, "inferenceworkloads", registry=registry, id="workload-gone")

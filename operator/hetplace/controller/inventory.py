@@ -4,6 +4,7 @@ engine values out; the kopf indexes call these on every change."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -84,6 +85,15 @@ class WorkloadView:
     @property
     def generation(self) -> int:
         return int(self.body.get("metadata", {}).get("generation") or 1)
+
+    def to_keep(self) -> WorkloadView:
+        """The view as an index keeps it, for thousands of workloads: its body cut to the metadata
+        that names it (a reconcile reads the object afresh; the spec and status live on parsed)."""
+        meta = self.body.get("metadata") or {}
+        return dataclasses.replace(self, body={"metadata": {k: meta[k] for k in KEPT_METADATA if k in meta}})
+
+
+KEPT_METADATA = ("name", "namespace", "uid", "generation", "resourceVersion")
 
 
 class ValidatedSpecs:

@@ -162,9 +162,11 @@ class Operator:
     def to_engine(self, view: WorkloadView) -> Workload:
         return engine_workload(view, self.telemetry)
 
-    def indexed(self, view: WorkloadView) -> None:
-        """The workload index saw `view`: charge what it holds."""
-        self.fleet.update(view, self.to_engine)
+    def indexed(self, view: WorkloadView) -> WorkloadView:
+        """The workload index saw `view`: charge what it holds; what the index keeps of it."""
+        kept = view.to_keep()
+        self.fleet.update(kept, self.to_engine)
+        return kept
 
     def lock(self, key: str) -> asyncio.Lock:
         return self.locks.setdefault(key, asyncio.Lock())
