@@ -47,6 +47,9 @@ class Settings(BaseSettings):
     rebalance_interval_seconds: float = Field(default=60, ge=1, le=86400)
     max_moves_per_cycle: int = Field(default=10, ge=0, le=1000)
     solver_time_limit_seconds: float = Field(default=10, gt=0, le=600)
+    plan_deadline_seconds: float = Field(default=300, ge=10, le=3600)
+    """A rebalance plan not made by then (the solver's limit bounds HiGHS, not the work around it
+    for a large fleet) is abandoned and its process killed; the next cycle tries again."""
     move_timeout_seconds: float = Field(default=600, ge=10, le=86400)
     """A move whose new group is not ready by then goes back to the old placement."""
     drain_seconds: float = Field(default=60, ge=0, le=3600)

@@ -54,7 +54,8 @@ from hetplace.telemetry.prometheus import (
     latency_quantile_s,
 )
 from hetplace.telemetry.triton import triton_endpoint
-from hetplace.engine.rebalance import Running, plan_moves
+from hetplace.controller.planner import PlanningFailed, plan_in_child
+from hetplace.engine.rebalance import Running
 from hetplace.k8s.client import Kube, KubeError
 from hetplace.k8s.status import Observed, pool_status, two_digits
 from hetplace.metrics import OperatorMetrics
@@ -407,18 +408,19 @@ class Operator:
         now = self.clock()
         running = {v.key: Running(v.running, v.status.decision.at.timestamp() if v.status and v.status.decision
                                   else None) for v in valid if v.running is not None}
-        plan = await in_daemon_thread(plan_moves, workloads, snapshot, running, now.timestamp(),
-                                      max_moves=self.settings.max_moves_per_cycle,
-                                      time_limit_s=self.settings.solver_time_limit_seconds, clock=time.monotonic)
+        moves, held = await in_daemon_thread(plan_in_child, workloads, snapshot, running, now.timestamp(),
+                                             max_moves=self.settings.max_moves_per_cycle,
+                                             time_limit_s=self.settings.solver_time_limit_seconds,
+                                             deadline_s=self.settings.plan_deadline_seconds)
         by_key = {v.key: v for v in valid}
-        for move in plan.moves:
+        for move in moves:
             if self.refused.get(move.workload) == by_key[move.workload].generation:
                 continue        # the API refused this generation's objects: a new spec retries
             why = f"{move.reason}: {move.why}"
             planned = Planned(Choice("move", _with_reason(move.after, why), now, why), by_key[move.workload])
             if await self._safely(by_key[move.workload].body, planned):
                 self.metrics.moves.labels(move.reason, move.kind).inc()
-        self.metrics.infeasible.set(sum(1 for h in plan.held if h.why.startswith("no placement")))
+        self.metrics.infeasible.set(sum(1 for h in held if h.why.startswith("no placement")))
 
     async def refresh_telemetry(self, picture: Picture) -> None:
         """Read telemetry (every `telemetry_interval_seconds`) and look again at the workloads whose
@@ -537,7 +539,7 @@ class Operator:
         try:
             await self.rebalance()
             self.metrics.rebalance_cycles.inc()
-        except KubeError as failed:
+        except (KubeError, PlanningFailed) as failed:
             log.warning("rebalance cycle: %s", failed)
         except Exception:
             log.exception("rebalance cycle failed")

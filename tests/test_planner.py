@@ -1,0 +1,56 @@
+"""The rebalance plan made in a child process (controller/planner.py): the same plan as in the
+operator's own process, and a deadline that is kept whatever the child does."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import pytest
+from builders import a_pool, a_workload
+from test_fleet import engine_pool, engine_workload
+
+from hetplace.controller.planner import PlanningFailed, plan_in_child
+from hetplace.engine import Snapshot
+from hetplace.engine.fleet import place_fleet
+from hetplace.engine.rebalance import Running, plan_moves
+
+pytestmark = pytest.mark.unit
+
+
+def four_tenants_on_a_pool_going_down():
+    tenants = [engine_workload(
+        a_workload(f"ranker-{i}").encoding("raw", 10_000)
+        .variant("onnx", "cpu", latency_ms=10, tail_ms=15, concurrency=2, cpu="1", memory="1Gi")
+        .slo(200).traffic("cloud-eu", 5 + i)) for i in range(4)]
+    old = engine_pool(a_pool("cpu-old").cpu().site("cloud-eu").hourly(0.30))
+    new = engine_pool(a_pool("cpu-new").cpu().site("cloud-eu").hourly(0.10))
+    placed = place_fleet(tenants, Snapshot((old,))).by_key
+    running = {w.key: Running(placed[w.key], 0) for w in tenants}
+    return tenants, Snapshot((dataclasses.replace(old, down=True), new)), running
+
+
+def test_the_child_makes_the_plan_the_operators_process_would():
+    tenants, snapshot, running = four_tenants_on_a_pool_going_down()
+    here = plan_moves(tenants, snapshot, running, 1000, max_moves=3, time_limit_s=5)
+    moves, held = plan_in_child(tenants, snapshot, running, 1000, max_moves=3, time_limit_s=5, deadline_s=120)
+    assert [(m.workload, m.reason, m.after.fingerprint()) for m in moves] == \
+        [(m.workload, m.reason, m.after.fingerprint()) for m in here.moves]
+    assert len(moves) == 3 and held == here.held
+
+
+def test_a_plan_past_its_deadline_is_abandoned_and_its_process_killed():
+    tenants, snapshot, running = four_tenants_on_a_pool_going_down()
+    started = time.monotonic()
+    with pytest.raises(PlanningFailed, match="no plan within 0.05 s"):
+        plan_in_child(tenants, snapshot, running, 1000, max_moves=3, time_limit_s=5, deadline_s=0.05)
+    assert time.monotonic() - started < 10
+    import multiprocessing
+    assert not [c for c in multiprocessing.active_children() if c.name == "hetplace planner"]
+
+
+def test_a_failure_in_the_child_is_reported_not_hidden():
+    tenants, snapshot, running = four_tenants_on_a_pool_going_down()
+    with pytest.raises(PlanningFailed, match="planning failed: .*Error"):
+        plan_in_child(tenants, snapshot, {"default/ranker-0": "not a running placement"}, 1000, max_moves=3,
+                      time_limit_s=5, deadline_s=120)
