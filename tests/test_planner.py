@@ -3,31 +3,16 @@ operator's own process, and a deadline that is kept whatever the child does."""
 
 from __future__ import annotations
 
-import dataclasses
+import multiprocessing
 import time
 
 import pytest
-from builders import a_pool, a_workload
-from test_fleet import engine_pool, engine_workload
+from test_rebalance import four_tenants_on_a_pool_going_down
 
 from hetplace.controller.planner import PlanningFailed, plan_in_child
-from hetplace.engine import Snapshot
-from hetplace.engine.fleet import place_fleet
-from hetplace.engine.rebalance import Running, plan_moves
+from hetplace.engine.rebalance import plan_moves
 
 pytestmark = pytest.mark.unit
-
-
-def four_tenants_on_a_pool_going_down():
-    tenants = [engine_workload(
-        a_workload(f"ranker-{i}").encoding("raw", 10_000)
-        .variant("onnx", "cpu", latency_ms=10, tail_ms=15, concurrency=2, cpu="1", memory="1Gi")
-        .slo(200).traffic("cloud-eu", 5 + i)) for i in range(4)]
-    old = engine_pool(a_pool("cpu-old").cpu().site("cloud-eu").hourly(0.30))
-    new = engine_pool(a_pool("cpu-new").cpu().site("cloud-eu").hourly(0.10))
-    placed = place_fleet(tenants, Snapshot((old,))).by_key
-    running = {w.key: Running(placed[w.key], 0) for w in tenants}
-    return tenants, Snapshot((dataclasses.replace(old, down=True), new)), running
 
 
 def test_the_child_makes_the_plan_the_operators_process_would():
@@ -45,7 +30,6 @@ def test_a_plan_past_its_deadline_is_abandoned_and_its_process_killed():
     with pytest.raises(PlanningFailed, match="no plan within 0.05 s"):
         plan_in_child(tenants, snapshot, running, 1000, max_moves=3, time_limit_s=5, deadline_s=0.05)
     assert time.monotonic() - started < 10
-    import multiprocessing
     assert not [c for c in multiprocessing.active_children() if c.name == "hetplace planner"]
 
 

@@ -78,7 +78,8 @@ def test_a_broken_workload_with_nowhere_to_go_stays_where_it_is_and_says_why():
     assert plan.broken == (w.key,)
 
 
-def test_at_most_max_moves_per_cycle_and_repairs_go_first():
+def four_tenants_on_a_pool_going_down():
+    """Four workloads placed on a pool that goes down, and a cheaper pool beside it."""
     tenants = [engine_workload(
         a_workload(f"ranker-{i}").encoding("raw", 10_000)
         .variant("onnx", "cpu", latency_ms=10, tail_ms=15, concurrency=2, cpu="1", memory="1Gi")
@@ -87,7 +88,11 @@ def test_at_most_max_moves_per_cycle_and_repairs_go_first():
     new = engine_pool(a_pool("cpu-new").cpu().site("cloud-eu").hourly(0.10))
     placed = place_fleet(tenants, Snapshot((old,))).by_key
     running = {w.key: Running(placed[w.key], 0) for w in tenants}
-    snap = Snapshot((dataclasses.replace(old, down=True), new))
+    return tenants, Snapshot((dataclasses.replace(old, down=True), new)), running
+
+
+def test_at_most_max_moves_per_cycle_and_repairs_go_first():
+    tenants, snap, running = four_tenants_on_a_pool_going_down()
     plan = plan_moves(tenants, snap, running, 1000, max_moves=3)
     assert len(plan.moves) == 3 and all(m.reason == "repair" for m in plan.moves)
     held = [h for h in plan.held if "max 3 moves" in h.why]
