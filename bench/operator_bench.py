@@ -119,6 +119,40 @@ def memory_kb(pid: int) -> dict[str, int]:
     return found
 
 
+class ChildPeak:
+    """The largest resident set any child of the operator (the rebalance's planning process) reached,
+    sampled every half second while the context is open (its own VmHWM goes with it when it exits)."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid, self.peak_kb, self.seen = pid, 0, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        pids: set[int] = set()
+        while not self._stop.wait(0.5):
+            try:
+                with open(f"/proc/{self.pid}/task/{self.pid}/children") as f:
+                    children = [int(c) for c in f.read().split()]
+            except OSError:
+                continue
+            pids.update(children)
+            self.seen = len(pids)
+            for child in children:
+                try:
+                    self.peak_kb = max(self.peak_kb, memory_kb(child).get("VmHWM", 0))
+                except OSError:
+                    pass
+
+    def __enter__(self) -> ChildPeak:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
 def _machine_busy() -> float:
     """CPU seconds every core of the machine spent busy (not idle, not waiting on I/O), from /proc/stat."""
     with open("/proc/stat") as f:
@@ -485,16 +519,18 @@ def operator_rss(sizes: list[int], setup: Setup) -> dict:
             idle = memory_kb(operator.process.pid)
             cpu = Cpu(operator)
             start = time.perf_counter()
-            create_s, _ = bench.create(n)
-            ready = bench.wait_all_ready(n, operator, partial_ok=True)
-            placed_s = ready["last_ready_at"] - start
-            used = cpu.read()
-            at_ready = memory_kb(operator.process.pid)
-            settle = bench.quiet_window(operator, 1) if ready["complete"] else None  # a whole rebalance cycle, if it ends
-            memory = memory_kb(operator.process.pid)
+            with ChildPeak(operator.process.pid) as planner:
+                create_s, _ = bench.create(n)
+                ready = bench.wait_all_ready(n, operator, partial_ok=True)
+                placed_s = ready["last_ready_at"] - start
+                used = cpu.read()
+                at_ready = memory_kb(operator.process.pid)
+                settle = bench.quiet_window(operator, 1) if ready["complete"] else None  # a whole cycle, if it ends
+                memory = memory_kb(operator.process.pid)
             rows.append({"workloads": n, "ready": ready["ready"], "complete": ready["complete"],
                          "idle_rss_mb": rounded_mb(idle["VmRSS"]), "rss_at_ready_mb": rounded_mb(at_ready["VmRSS"]),
                          "rss_mb": rounded_mb(memory["VmRSS"]), "peak_rss_mb": rounded_mb(memory["VmHWM"]),
+                         "planner_processes": planner.seen, "planner_peak_rss_mb": rounded_mb(planner.peak_kb),
                          "create_s": round(create_s, 1), "all_ready_s": round(placed_s, 1),
                          "workloads_per_s": round(ready["ready"] / placed_s, 1),
                          "settle_s": settle and settle["quiet_s"], "settle_cycles": settle and settle["quiet_cycles"],
