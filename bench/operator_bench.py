@@ -502,7 +502,8 @@ def operator_throughput(n: int, setup: Setup) -> dict:
                "write_budget": budget, "within_write_budget": operator_writes <= budget,
                "writes_per_workload_by_kind": {k: round(v / n, 3) for k, v in sorted(by_kind.items(),
                                                                                        key=lambda kv: -kv[1])},
-               "peering_writes": peering, "create_handler_runs": handler_runs(operator, "Creation"), **quiet, "rss_mb": rounded_mb(memory_kb(operator.process.pid)["VmRSS"]),
+               "peering_writes": peering, "reconcile_retries": retries(operator), **quiet,
+               "rss_mb": rounded_mb(memory_kb(operator.process.pid)["VmRSS"]),
                "ready_timeline": timeline}
     return {"name": "operator-throughput",
             "goal": ">= 100 workloads/s; <= 1 write per owned object + 1 status patch per decision; "
@@ -536,7 +537,7 @@ def operator_rss(sizes: list[int], setup: Setup) -> dict:
                          "settle_s": settle and settle["quiet_s"], "settle_cycles": settle and settle["quiet_cycles"],
                          "settle_writes": settle and settle["quiet_writes"],
                          "measured_after_s": round(time.perf_counter() - start, 1),
-                         "create_handler_runs": handler_runs(operator, "Creation"),
+                         "reconcile_retries": retries(operator),
                          "bench_process_rss_mb": rounded_mb(memory_kb(os.getpid())["VmRSS"]),
                          "ready_timeline": ready["ready_timeline"], **used})
             print({k: v for k, v in rows[-1].items() if k != "ready_timeline"}, flush=True)
@@ -587,7 +588,7 @@ def operator_restart(sizes: list[int], setup: Setup) -> dict:
             rows.append({"workloads": n, "stop_s": round(stop_s, 2), "metrics_up_s": round(metrics_up, 2),
                          "first_decision_s": round(first_decision, 2), "all_resumed_s": round(all_resumed, 2),
                          "decisions_timed": int(scrape(second)["hetplace_decision_duration_seconds_count"]),
-                         "decisions_by_outcome": outcomes, "resume_handler_runs": handler_runs(second, "Resuming"),
+                         "decisions_by_outcome": outcomes, "reconcile_retries": retries(second),
                          "restart_writes": sum(caused.values()),
                          "restart_writes_by_kind": dict(caused), "restart_peering_writes": peering,
                          "rss_mb": rounded_mb(memory_kb(second.process.pid)["VmRSS"]), **used,
@@ -597,10 +598,10 @@ def operator_restart(sizes: list[int], setup: Setup) -> dict:
             "settings": setup.settings(), "rows": rows}
 
 
-def handler_runs(operator: OperatorProcess, cause: str) -> int:
-    """How many times kopf ran an object's handlers for `cause` (Creation, Updating, Resuming), from its log."""
+def retries(operator: OperatorProcess) -> int:
+    """How many reconciles failed and were tried again (their warnings in the operator's log)."""
     with operator.log_path.open() as log:
-        return sum(f"{cause} is processed" in line for line in log)
+        return sum("(trying again)" in line for line in log)
 
 
 def decisions_by_outcome(operator: OperatorProcess) -> dict[str, int]:

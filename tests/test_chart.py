@@ -442,7 +442,7 @@ CLUSTER_READS = {
     ("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"},   # kopf's CRD scan
 }
 NAMESPACED = {
-    ("hetplace.io", "inferenceworkloads"): READ | {"patch"},   # kopf's progress annotations; reconcile reads afresh
+    ("hetplace.io", "inferenceworkloads"): READ,           # kopf's index and handler; reconcile reads afresh
     ("hetplace.io", "inferenceworkloads/status"): {"patch"},
     ("apps", "deployments"): OWNED,                        # server-side apply, prune, owner check, kopf's index
     ("", "services"): OWNED,

@@ -1,7 +1,12 @@
 """The kopf handlers, thin: indexes over ComputePools, Nodes, InferenceWorkloads and the objects
-hetplace owns; one reconcile for create, resume and update; a Deployment's change progresses its
-workload's move; the rebalance loop starts with the operator and runs where kopf's peering lets
-handlers run. Everything they do is `Operator`'s (runtime.py)."""
+hetplace owns; one reconcile for a new workload, a new generation of its spec, and each workload
+listed at start (resuming); a Deployment's change progresses its workload's move; the rebalance
+loop starts with the operator and runs where kopf's peering lets handlers run. Everything they do
+is `Operator`'s (runtime.py).
+
+Workloads are watched with an event handler rather than kopf's create/update/resume handlers:
+status.observedGeneration already says which generation was decided, so kopf's own record of the
+last handled spec (an annotation patch per workload) is not needed, nor its handler bookkeeping."""
 
 from __future__ import annotations
 
@@ -13,7 +18,6 @@ import kopf
 
 from hetplace.config import Settings
 from hetplace.controller.inventory import child_view, node_view, pool_view, workload_view
-from hetplace.k8s.client import KubeError
 
 GROUP, VERSION = "hetplace.io", "v1alpha1"
 MANAGED = {"app.kubernetes.io/managed-by": "hetplace"}
@@ -79,11 +83,15 @@ def make_registry() -> kopf.OperatorRegistry:
         view = memo.operator.indexed(workload_view(dict(body), memo.operator.specs))
         return {view.key: view}
 
-    @kopf.on.event(GROUP, VERSION, "inferenceworkloads", registry=registry, id="workload-gone")
-    def workload_gone(type: str, namespace: str, name: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    @kopf.on.event(GROUP, VERSION, "inferenceworkloads", registry=registry, id="workload")
+    async def workload(type: str | None, namespace: str, name: str, body: kopf.Body, memo: kopf.Memo,
+                       **_: Any) -> None:
         memo.operator.indexes_full.set()
+        key = f"{namespace}/{name}"
         if type == "DELETED":       # what it held is free again (its children go with it, by owner reference)
-            memo.operator.workload_deleted(f"{namespace}/{name}", body.get("metadata", {}).get("uid", ""))
+            memo.operator.workload_deleted(key, body.get("metadata", {}).get("uid", ""))
+        elif memo.operator.wants_a_look(key, body, listed=type is None):
+            await memo.operator.look(key, dict(body))
 
     def owned(body: kopf.Body, **_: Any) -> dict:
         child = child_view(dict(body))
@@ -91,17 +99,6 @@ def make_registry() -> kopf.OperatorRegistry:
 
     for plural, group in (("deployments", "apps"), ("services", ""), ("configmaps", "")):
         kopf.index(group, "v1", plural, labels=MANAGED, registry=registry, id=plural)(owned)
-
-    @kopf.on.resume(GROUP, VERSION, "inferenceworkloads", registry=registry, id="reconcile")
-    @kopf.on.create(GROUP, VERSION, "inferenceworkloads", registry=registry, id="reconcile")
-    @kopf.on.update(GROUP, VERSION, "inferenceworkloads", registry=registry, id="reconcile")
-    async def reconcile(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-        try:
-            await memo.operator.reconcile(dict(body))
-        except KubeError as failed:
-            if failed.refused:      # status says why; the next spec change tries again
-                raise kopf.PermanentError(str(failed)) from failed
-            raise kopf.TemporaryError(str(failed), delay=2) from failed
 
     @kopf.on.event("apps", "v1", "deployments", labels=MANAGED, registry=registry, id="deployment-changed")
     async def deployment_changed(type: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:

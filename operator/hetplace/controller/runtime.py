@@ -97,6 +97,9 @@ class Operator:
     last_valid_pools: dict[str, PoolView] = field(default_factory=dict)
     reported_conflicts: set[tuple[str, str]] = field(default_factory=set)
     refused: dict[str, int] = field(default_factory=dict)      # key -> generation the API refused to apply
+    retries: dict[str, int] = field(default_factory=dict)      # key -> failed attempts in a row
+    resumed: set[str] = field(default_factory=set)             # uids looked at once since the start
+    background: set[asyncio.Task] = field(default_factory=set)
     telemetry_read_at: float = float("-inf")
     telemetry_fresh_at: float = 0.0
     was_follower: bool = False
@@ -157,6 +160,8 @@ class Operator:
     def workload_deleted(self, key: str, uid: str) -> None:
         self.fleet.forget(key, uid)
         self.specs.forget(key)
+        self.retries.pop(key, None)
+        self.resumed.discard(uid)
         self.timed_out.pop(key, None)
         self.metrics.forget(*key.split("/", 1))
 
@@ -168,6 +173,43 @@ class Operator:
         kept = view.to_keep()
         self.fleet.update(kept, self.to_engine)
         return kept
+
+    def wants_a_look(self, key: str, body: Mapping[str, Any], listed: bool = False) -> bool:
+        """A workload event to act on: a generation not decided yet (created, or its spec changed),
+        unless the API refused this generation's objects (status says why; a new spec tries again);
+        and each workload once as it is first listed (resuming after a start)."""
+        meta = body.get("metadata") or {}
+        if listed and meta.get("uid") not in self.resumed:
+            self.resumed.add(meta.get("uid"))
+            return True
+        generation = meta.get("generation")
+        return (body.get("status") or {}).get("observedGeneration") != generation and \
+            self.refused.get(key) != generation
+
+    async def look(self, key: str, body: Mapping[str, Any]) -> None:
+        """Reconcile one workload for an event; a failure the API may get over is tried again with a
+        backoff (2 s doubling to a minute) until a reconcile of it succeeds."""
+        try:
+            await self.reconcile(body)
+        except KubeError as failed:
+            if failed.refused:
+                return      # reported in status; retrying the same request would not help
+            log.warning("%s: %s (trying again)", key, failed)
+        except Exception:
+            log.exception("%s: reconcile failed (trying again)", key)
+        else:
+            self.retries.pop(key, None)
+            return
+        attempt = self.retries[key] = self.retries.get(key, 0) + 1
+        asyncio.get_running_loop().call_later(min(60.0, 2.0 ** attempt), self._look_again, key)
+
+    def _look_again(self, key: str) -> None:
+        if not self.retries.get(key):
+            return          # a reconcile of it succeeded meanwhile, or it was deleted
+        for view in list((self.indices.get("workloads") or {}).get(key, ())):
+            task = asyncio.ensure_future(self.look(key, view.body))
+            self.background.add(task)
+            task.add_done_callback(self.background.discard)
 
     def lock(self, key: str) -> asyncio.Lock:
         return self.locks.setdefault(key, asyncio.Lock())
