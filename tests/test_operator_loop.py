@@ -113,3 +113,40 @@ def test_a_failure_in_the_daemon_thread_reaches_the_caller():
         assert await in_daemon_thread(sum, [1, 2, 3]) == 6
 
     run(scenario)
+
+
+def test_which_workload_events_are_reconciled():
+    operator = standalone_operator(Recorder())
+    body = {"metadata": {"uid": "u1", "generation": 2}}
+    assert operator.wants_a_look("ns/w", body), "a new workload (no status yet)"
+    assert not operator.wants_a_look("ns/w", {**body, "status": {"observedGeneration": 2}}), "decided already"
+    assert operator.wants_a_look("ns/w", {**body, "status": {"observedGeneration": 1}}), "its spec changed"
+    operator.refused["ns/w"] = 2
+    assert not operator.wants_a_look("ns/w", {**body, "status": {"observedGeneration": 1}}), \
+        "the API refused this generation's objects: a new spec tries again"
+    decided = {**body, "status": {"observedGeneration": 2}}
+    assert operator.wants_a_look("ns/w", decided, listed=True), "listed at start: resumed once"
+    assert not operator.wants_a_look("ns/w", decided, listed=True), "listed again (watch renewed): nothing new"
+
+
+def test_a_failed_reconcile_is_tried_again_with_a_backoff():
+    outcomes = ["fails", "fails", "works"]
+
+    async def scenario():
+        operator = standalone_operator(Recorder())
+        attempts = []
+
+        async def reconcile(body, planned=None):
+            attempts.append(time.monotonic())
+            if outcomes[len(attempts) - 1] == "fails":
+                raise RuntimeError("the API went away")
+
+        operator.reconcile = reconcile
+        view = type("View", (), {"body": {"metadata": {"name": "w", "namespace": "ns"}}})()
+        operator.indices = {"workloads": {"ns/w": [view]}}
+        await operator.look("ns/w", view.body)
+        await asyncio.sleep(7)              # 2 s, then 4 s
+        assert len(attempts) == 3 and operator.retries == {}
+        assert 1.8 <= attempts[1] - attempts[0] and 3.8 <= attempts[2] - attempts[1]
+
+    run(scenario)
