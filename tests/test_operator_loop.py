@@ -125,8 +125,10 @@ def test_which_workload_events_are_reconciled():
     assert not operator.wants_a_look("ns/w", {**body, "status": {"observedGeneration": 1}}), \
         "the API refused this generation's objects: a new spec tries again"
     decided = {**body, "status": {"observedGeneration": 2}}
-    assert operator.wants_a_look("ns/w", decided, listed=True), "listed at start: resumed once"
-    assert not operator.wants_a_look("ns/w", decided, listed=True), "listed again (watch renewed): nothing new"
+    assert not operator.wants_a_look("ns/w", decided, listed=True), "seen live since the start: nothing to resume"
+    resumed = {"metadata": {"uid": "u2", "generation": 1}, "status": {"observedGeneration": 1}}
+    assert operator.wants_a_look("ns/r", resumed, listed=True), "listed at start: resumed once"
+    assert not operator.wants_a_look("ns/r", resumed, listed=True), "listed again (watch renewed): nothing new"
 
 
 def test_a_failed_reconcile_is_tried_again_with_a_backoff():

@@ -179,8 +179,9 @@ class Operator:
         unless the API refused this generation's objects (status says why; a new spec tries again);
         and each workload once as it is first listed (resuming after a start)."""
         meta = body.get("metadata") or {}
-        if listed and meta.get("uid") not in self.resumed:
-            self.resumed.add(meta.get("uid"))
+        first_seen = meta.get("uid") not in self.resumed
+        self.resumed.add(meta.get("uid"))
+        if listed and first_seen:
             return True
         generation = meta.get("generation")
         return (body.get("status") or {}).get("observedGeneration") != generation and \
@@ -193,6 +194,7 @@ class Operator:
             await self.reconcile(body)
         except KubeError as failed:
             if failed.refused:
+                self.retries.pop(key, None)
                 return      # reported in status; retrying the same request would not help
             log.warning("%s: %s (trying again)", key, failed)
         except Exception:
