@@ -672,3 +672,15 @@ def test_the_build_context_is_only_what_the_image_needs():
     assert copied == allowed
     # pyproject.toml names README.md as the package's readme: the build needs it
     assert 'readme = "README.md"' in (REPO / "pyproject.toml").read_text()
+
+
+def test_the_samples_build_with_kustomize_into_the_objects_their_files_hold():
+    """`kubectl apply -k manifests/samples` (README) applies exactly the sample files' objects."""
+    samples = REPO / "manifests" / "samples"
+    result = run(tool(KUBECTL), "kustomize", str(samples))
+    assert result.returncode == 0, result.stderr
+    listed = yaml.safe_load((samples / "kustomization.yaml").read_text())["resources"]
+    from_files = [doc for name in listed for doc in documents((samples / name).read_text())]
+    assert normalised(documents(result.stdout)) == normalised(from_files)
+    kinds = sorted({o["kind"] for o in from_files})
+    assert kinds == ["ComputePool", "InferenceWorkload", "Namespace"], kinds
