@@ -131,9 +131,11 @@ class ChildPeak:
     def _sample(self) -> None:
         pids: set[int] = set()
         while not self._stop.wait(0.5):
-            try:
-                with open(f"/proc/{self.pid}/task/{self.pid}/children") as f:
-                    children = [int(c) for c in f.read().split()]
+            children = []
+            try:        # a child hangs under the thread that started it: look under every thread
+                for task in os.listdir(f"/proc/{self.pid}/task"):
+                    with open(f"/proc/{self.pid}/task/{task}/children") as f:
+                        children += [int(c) for c in f.read().split()]
             except OSError:
                 continue
             pids.update(children)

@@ -77,6 +77,7 @@ def test_operator_benchmarks_at_smoke_size_write_what_the_readme_reports(tmp_pat
     assert placed["operator_cpu_s"] > 0 and placed["emulator_cpu_s"] > 0
     (rss,) = json.loads((tmp_path / "operator-rss.json").read_text())["rows"]
     assert rss["workloads"] == 20 and 0 < rss["idle_rss_mb"] <= rss["peak_rss_mb"] and rss["rss_mb"] > 0
+    assert rss["planner_processes"] >= 1 and rss["planner_peak_rss_mb"] > 0, "each rebalance plans in a child"
     (restart,) = json.loads((tmp_path / "operator-restart.json").read_text())["rows"]
     assert 0 < restart["first_decision_s"] <= restart["all_resumed_s"]
     assert restart["decisions_timed"] >= 20 and restart["reconcile_retries"] == 0
