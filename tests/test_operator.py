@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import time
 import subprocess
 import sys
 import urllib.request
@@ -310,6 +311,25 @@ def test_an_operator_killed_mid_move_converges_with_no_orphans(kube, start_opera
     wait(kube, ready_on(["gpu-cloud-eu"]), second, 40, "the new operator to finish the move")
     assert group_names(kube) == [GPU_GROUP] and group_names(kube, "Service") == [GPU_GROUP]
     assert group_names(kube, "ConfigMap") == [f"{NAME}-routes"]
+
+
+def test_an_operator_restarted_while_a_move_drains_keeps_the_old_group_until_the_drain_ends(
+        kube, start_operator):  # noqa: F811
+    first = start_operator(priority=10, drain_seconds="12")
+    apply_factory(kube)
+    wait(kube, ready_on(["cpu-cloud-eu"]), first)
+    kube.patch(*IW, NAME, {"spec": {"constraints": {"pools": ["gpu-cloud-eu"]}}}, NS)
+    wait(kube, lambda c: (workload(c)["status"].get("migration") or {}).get("routesSwitchedAt"), first,
+         what="routes switched, the old group draining")
+    switched = time.monotonic()
+    first.stop(signal.SIGKILL)
+    second = start_operator(priority=11, drain_seconds="12")
+    wait(kube, lambda c: second.metric("hetplace_leader") == 1, second, what="the new operator to lead")
+    while time.monotonic() - switched < 9:      # the drain's start is in status: the new operator keeps to it
+        assert CPU_GROUP in group_names(kube), "the old group was removed before its drain ended"
+        time.sleep(0.5)
+    wait(kube, ready_on(["gpu-cloud-eu"]), second, 40, "the drain to end and the move to finish")
+    assert group_names(kube) == [GPU_GROUP]
 
 
 def test_api_errors_conflicts_and_dropped_watches_are_recovered_from(kube, start_operator):  # noqa: F811
