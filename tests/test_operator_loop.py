@@ -152,3 +152,32 @@ def test_a_failed_reconcile_is_tried_again_with_a_backoff():
         assert 1.8 <= attempts[1] - attempts[0] and 3.8 <= attempts[2] - attempts[1]
 
     run(scenario)
+
+
+class RecordingKube:
+    """Answers nothing exists; records each call."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str]] = []
+
+    def get(self, api_version, kind, namespace, name):
+        self.calls.append(("get", name))
+        return None
+
+    def apply(self, obj):
+        self.calls.append(("apply", obj["metadata"]["name"]))
+
+
+def test_an_object_the_index_shows_this_workload_controls_is_applied_without_asking_who_holds_it():
+    from hetplace.controller.inventory import workload_view
+    from hetplace.controller.reconcile import Outcome
+
+    operator = standalone_operator(Recorder())
+    operator.kube = RecordingKube()
+    view = workload_view({"metadata": {"name": "w", "namespace": "ns", "uid": "u1", "generation": 1}})
+    deployment = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "w-pool-v", "namespace": "ns"}}
+    service = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "w-pool-v", "namespace": "ns"}}
+    outcome = Outcome((deployment, service), (), None, (), "placed", None)
+    operator.execute(view, outcome, owned=frozenset({("Deployment", "w-pool-v")}))
+    assert operator.kube.calls == [("apply", "w-pool-v"), ("get", "w-pool-v"), ("apply", "w-pool-v")], \
+        "the Service, not in the index as this workload's, is checked first"

@@ -260,8 +260,10 @@ class Operator:
         outcome = converge(view, choice, picture, self.telemetry, ready, now, waiting=why,
                            move_timeout_s=self.settings.move_timeout_seconds, image=self.settings.triton_image,
                            dry_run=self.settings.dry_run, drain_s=self.settings.drain_seconds)
+        uid = view.body.get("metadata", {}).get("uid")
+        owned = frozenset((c.kind, c.name) for c in picture.children.get(view.key, ()) if uid and c.owner_uid == uid)
         try:
-            await asyncio.to_thread(self.execute, view, outcome, choice.decided)
+            await asyncio.to_thread(self.execute, view, outcome, choice.decided, owned)
         except KubeError as failed:
             if failed.refused:      # say so in status: retrying the same request will not help
                 self.refused[view.key] = view.generation
@@ -315,14 +317,17 @@ class Operator:
                     why[key] = f"{verdict.reason}: {verdict.message}"
         return ready, why
 
-    def execute(self, view: WorkloadView, outcome: Outcome, decided: bool = False) -> None:
+    def execute(self, view: WorkloadView, outcome: Outcome, decided: bool = False,
+                owned: frozenset[tuple[str, str]] = frozenset()) -> None:
         """Apply what changed, prune what is no longer wanted, write status, record Events; count the
         outcome if the engine `decided` it or something was written (a poll that changed nothing is
-        no decision)."""
+        no decision). `owned`: (kind, name) of the objects the index shows this workload controls
+        (applied again without asking the API who holds them)."""
         uid = view.body.get("metadata", {}).get("uid")
         conflicts = []
         for obj in outcome.apply:
-            holder = self.held_by_another(obj, uid)
+            ours = (obj["kind"], obj["metadata"]["name"]) in owned
+            holder = None if ours else self.held_by_another(obj, uid)
             if holder:
                 conflict = f"{obj['kind']} {obj['metadata']['name']} already belongs to {holder}"
                 if (view.key, conflict) not in self.reported_conflicts:      # said once, not every poll
