@@ -182,3 +182,18 @@ def test_bad_telemetry_is_refused_naming_file_field_and_rule(tmp_path: Path, tex
         load_telemetry(path)
     assert (refused.value.kind, refused.value.source) == ("Telemetry", str(path))
     assert any(problem.field == field and rule in problem.rule for problem in refused.value.problems)
+
+
+def test_a_list_as_kubectl_prints_it_is_read_item_by_item(tmp_path: Path) -> None:
+    """`kubectl get computepools,inferenceworkloads -o yaml` prints one `kind: List`."""
+    bad = with_path(a_workload("w", namespace="factory").raw(), "spec.slo.percentile", 120)
+    listed = {"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": ""},
+              "items": [a_pool("pool-a").raw(), a_pool("pool-b").raw(), a_workload("ok", namespace="f").raw()]}
+    manifests = load_manifests([write(tmp_path, "list.yaml", listed)])
+    assert [p.name for p in manifests.pools] == ["pool-a", "pool-b"] and [w.key for w in manifests.workloads] == ["f/ok"]
+    assert manifests.others == []
+    path = write(tmp_path, "bad.yaml", {**listed, "items": [a_pool("pool-a").raw(), bad]})
+    line = next(n for n, text in enumerate(path.read_text().splitlines(), 1) if "percentile" in text)
+    with pytest.raises(InvalidObject) as refused:
+        load_manifests([path])
+    assert str(refused.value) == f"factory/w (InferenceWorkload) in {path}:{line}: spec.slo.percentile = 120: must be < 100"

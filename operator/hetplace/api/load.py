@@ -161,18 +161,29 @@ def _documents(paths: list[Path]) -> Iterator[_Document]:
     for path in paths:
         for file in _manifest_files(Path(path)):
             for document in _read(file):
-                if document.data is None:
-                    continue  # an empty document, e.g. after a trailing `---`
-                if not isinstance(document.data, dict):
-                    raise InvalidObject(
-                        [Problem(None, None, "each YAML document must be a mapping with apiVersion and kind")],
-                        source=document.source, line=document.line,
-                    )
-                kind = document.data.get("kind", MISSING)
-                if not isinstance(kind, str):
-                    rule = "is required" if kind is MISSING else "must be a string"
-                    raise InvalidObject([Problem("kind", kind, rule)], source=document.source, line=document.line)
-                yield document
+                yield from _objects(document)
+
+
+def _objects(document: _Document) -> Iterator[_Document]:
+    """The objects of one YAML document: itself, or the items of a `kind: List` (what
+    `kubectl get -o yaml` prints for several objects), each with its own line."""
+    if document.data is None:
+        return  # an empty document, e.g. after a trailing `---`
+    if not isinstance(document.data, dict):
+        raise InvalidObject(
+            [Problem(None, None, "each YAML document must be a mapping with apiVersion and kind")],
+            source=document.source, line=document.line,
+        )
+    kind = document.data.get("kind", MISSING)
+    if not isinstance(kind, str):
+        rule = "is required" if kind is MISSING else "must be a string"
+        raise InvalidObject([Problem("kind", kind, rule)], source=document.source, line=document.line)
+    if kind == "List" and document.data.get("apiVersion") == "v1" and isinstance(document.data.get("items"), list):
+        nodes = next((value.value for key, value in document.node.value if key.value == "items"), [])
+        for item, node in zip(document.data["items"], nodes):
+            yield from _objects(_Document(item, node, document.source))
+        return
+    yield document
 
 
 def _manifest_files(path: Path) -> list[Path]:
