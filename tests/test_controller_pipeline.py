@@ -295,13 +295,13 @@ def test_the_fleet_ledger_decides_as_a_full_rebuild_does():
     from hetplace.controller.reconcile import engine_workload
 
     cluster = placed_cluster()
-    fleet = FleetLedger()
+    fleet = FleetLedger(lambda v: engine_workload(v, Telemetry()))
     views = {}
     for i in range(6):        # six placed copies fill most of the CPU pool
         body = copy.deepcopy(cluster.body)
         body["metadata"]["name"] = f"copy-{i}"
         views[f"factory/copy-{i}"] = view = workload_view(body)
-        fleet.update(view, lambda v: engine_workload(v, Telemetry()))
+        fleet.update(view)
     fleet.forget("factory/copy-5")
     del views["factory/copy-5"]
     fresh = copy.deepcopy(cluster.body)
@@ -342,7 +342,7 @@ def test_decisions_made_before_their_writes_are_seen_do_not_share_capacity():
         body = copy.deepcopy(view.body)
         cluster_view = Cluster(body)
         cluster_view.cycle(T0, choice=seen)                                # its status written...
-        written.update(workload_view(cluster_view.body), to_engine)        # ...and seen by the index
+        written.update(workload_view(cluster_view.body))        # ...and seen by the index
         written.settle(view.key)
         assert unseen.target.fingerprint() == seen.target.fingerprint(), f"copy-{i}"
         places.add(tuple(g.pool for g in seen.target.groups))
@@ -363,10 +363,10 @@ def test_an_event_from_before_the_operators_own_write_does_not_take_its_charge_b
     fleet = FleetLedger(to_engine)
     picture = cluster.picture()
     alone = choose(_newcomer(cluster, "probe"), picture, Telemetry(), T0, FleetLedger(to_engine))
-    fleet.update(workload_view(cluster.body), to_engine)              # the write, seen first
+    fleet.update(workload_view(cluster.body))              # the write, seen first
     before_write = copy.deepcopy(cluster.body)
     before_write.pop("status")
-    fleet.update(workload_view(before_write), to_engine)              # the creation event, delivered late
+    fleet.update(workload_view(before_write))              # the creation event, delivered late
     beside = choose(_newcomer(cluster, "probe"), picture, Telemetry(), T0, fleet)
     assert beside.target.fingerprint() != alone.target.fingerprint(), "the placed workload is still charged"
     fleet.forget("factory/defect-detector", UID)

@@ -5,6 +5,7 @@ wait for a solve that is still running."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 
@@ -47,20 +48,39 @@ def run(scenario) -> None:
     asyncio.run(asyncio.wait_for(scenario(), timeout=20))
 
 
+async def until(predicate, timeout_s: float = 10.0) -> None:
+    """Wait for `predicate` to hold, checking every 10 ms."""
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, "not within the timeout"
+        await asyncio.sleep(0.01)
+
+
+@contextlib.asynccontextmanager
+async def looping(operator: Operator, indexes_full: bool = True):
+    """The operator's loop running; stopped (and awaited) on the way out."""
+    if indexes_full:
+        operator.indexes_full.set()
+    stop = asyncio.Event()
+    loop = asyncio.create_task(operator.run_loop(stop))
+    try:
+        yield
+    finally:
+        stop.set()
+        operator.wake_soon()
+        await loop
+
+
 def test_the_loop_waits_for_the_indexes_to_be_full():
     recorder = Recorder()
 
     async def scenario():
         operator = standalone_operator(recorder)
-        stop = asyncio.Event()
-        loop = asyncio.create_task(operator.run_loop(stop))
-        await asyncio.sleep(0.4)
-        assert (recorder.cycles, recorder.polls) == (0, 0), "nothing is judged on a half-read cluster"
-        operator.indexes_full.set()
-        await asyncio.sleep(0.4)
-        assert recorder.cycles == 1 and recorder.polls >= 3
-        stop.set()
-        await loop
+        async with looping(operator, indexes_full=False):
+            await asyncio.sleep(0.4)        # eight polls' worth: none may happen
+            assert (recorder.cycles, recorder.polls) == (0, 0), "nothing is judged on a half-read cluster"
+            operator.indexes_full.set()
+            await until(lambda: recorder.cycles == 1 and recorder.polls >= 3)
 
     run(scenario)
 
@@ -70,17 +90,11 @@ def test_a_long_rebalance_cycle_does_not_hold_up_the_moves_under_way():
 
     async def scenario():
         operator = standalone_operator(recorder, rebalance_interval_s=1)
-        operator.indexes_full.set()
-        stop = asyncio.Event()
-        loop = asyncio.create_task(operator.run_loop(stop))
-        await asyncio.sleep(0.2)
-        assert recorder.solving.is_set()
-        polls = recorder.polls
-        await asyncio.sleep(0.8)            # the cycle is still solving, and due again: not started twice
-        assert recorder.polls - polls >= 8, "moves keep being looked at every poll"
-        assert recorder.cycles == 1
-        stop.set()
-        await loop
+        async with looping(operator):
+            await until(recorder.solving.is_set)
+            polls = recorder.polls
+            await until(lambda: recorder.polls - polls >= 8)     # moves keep being looked at every poll
+            assert recorder.cycles == 1, "a cycle still solving is not started twice"
 
     run(scenario)
 
@@ -90,15 +104,9 @@ def test_a_stop_does_not_wait_for_a_solve_still_running():
 
     async def scenario():
         operator = standalone_operator(recorder)
-        operator.indexes_full.set()
-        stop = asyncio.Event()
-        loop = asyncio.create_task(operator.run_loop(stop))
-        await asyncio.sleep(0.2)
-        assert recorder.solving.is_set()
-        started = time.monotonic()
-        stop.set()
-        operator.wake_soon()
-        await loop
+        async with looping(operator):
+            await until(recorder.solving.is_set)
+            started = time.monotonic()
         assert time.monotonic() - started < 1.0
         solver = next(t for t in threading.enumerate() if t.name == "hetplace sleep")
         assert solver.daemon, "the process can exit with the solve unfinished"
@@ -147,8 +155,7 @@ def test_a_failed_reconcile_is_tried_again_with_a_backoff():
         view = type("View", (), {"body": {"metadata": {"name": "w", "namespace": "ns"}}})()
         operator.indices = {"workloads": {"ns/w": [view]}}
         await operator.look("ns/w", view.body)
-        await asyncio.sleep(7)              # 2 s, then 4 s
-        assert len(attempts) == 3 and operator.retries == {}
+        await until(lambda: len(attempts) == 3 and not operator.retries)   # after 2 s, then 4 s; a success ends them
         assert 1.8 <= attempts[1] - attempts[0] and 3.8 <= attempts[2] - attempts[1]
 
     run(scenario)

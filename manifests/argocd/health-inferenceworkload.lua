@@ -13,7 +13,9 @@
 --   Healthy      Placed=True and Ready=True
 -- Missing is Argo's own verdict for an object absent from the cluster; this script never sees one.
 
-local hs = {}
+local function health(verdict, message)
+  return { status = verdict, message = message }
+end
 
 local function condition(status, kind)
   if status.conditions == nil then
@@ -36,9 +38,7 @@ end
 
 local status = obj.status
 if status == nil or status.phase == nil then
-  hs.status = "Progressing"
-  hs.message = "Waiting for the operator to decide a placement"
-  return hs
+  return health("Progressing", "Waiting for the operator to decide a placement")
 end
 
 local generation = obj.metadata and obj.metadata.generation
@@ -51,60 +51,40 @@ local slo = condition(status, "SLOMet")
 -- so it is read before the generation check.
 if ready ~= nil and ready.status == "False" and ready.reason == "ApplyRefused"
     and (generation == nil or ready.observedGeneration == generation) then
-  hs.status = "Degraded"
-  hs.message = "The API server refused hetplace's objects: " .. said(ready, "no message")
-  return hs
+  return health("Degraded", "The API server refused hetplace's objects: " .. said(ready, "no message"))
 end
 
 if generation ~= nil and (status.observedGeneration == nil or status.observedGeneration < generation) then
-  hs.status = "Progressing"
-  hs.message = "Waiting for the operator to observe generation " .. tostring(generation)
-  return hs
+  return health("Progressing", "Waiting for the operator to observe generation " .. tostring(generation))
 end
 
 if status.phase == "Invalid" or (valid ~= nil and valid.status == "False") then
-  hs.status = "Degraded"
-  hs.message = "Invalid spec: " .. said(valid, "see status")
-  return hs
+  return health("Degraded", "Invalid spec: " .. said(valid, "see status"))
 end
 
 if status.phase == "Infeasible" then
-  hs.status = "Degraded"
-  hs.message = "Infeasible: " .. said(placed, "no placement meets the spec")
-  return hs
+  return health("Degraded", "Infeasible: " .. said(placed, "no placement meets the spec"))
 end
 
 if status.phase == "Degraded" then
-  hs.status = "Degraded"
-  hs.message = said(ready, said(placed, "Degraded"))
-  return hs
+  return health("Degraded", said(ready, said(placed, "Degraded")))
 end
 
 if status.phase == "Migrating" then
-  hs.status = "Progressing"
-  hs.message = "Migrating: " .. said(placed, "a move is under way")
-  return hs
+  return health("Progressing", "Migrating: " .. said(placed, "a move is under way"))
 end
 
 if ready ~= nil and ready.reason == "DryRun" then
-  hs.status = "Suspended"
-  hs.message = "Dry run: decided " .. (status.summary or "") .. ", nothing created"
-  return hs
+  return health("Suspended", "Dry run: decided " .. (status.summary or "") .. ", nothing created")
 end
 
 if status.phase == "Placed" and placed ~= nil and placed.status == "True" then
   if slo ~= nil and slo.status == "False" then
-    hs.status = "Degraded"
-    hs.message = "SLO missed: " .. said(slo, "see status")
-    return hs
+    return health("Degraded", "SLO missed: " .. said(slo, "see status"))
   end
   if ready ~= nil and ready.status == "True" then
-    hs.status = "Healthy"
-    hs.message = status.summary or "placed"
-    return hs
+    return health("Healthy", status.summary or "placed")
   end
 end
 
-hs.status = "Progressing"
-hs.message = said(ready, "Waiting for " .. tostring(status.phase))
-return hs
+return health("Progressing", said(ready, "Waiting for " .. tostring(status.phase)))

@@ -24,7 +24,8 @@ from hetplace.engine.usage import Ledger
 class FleetLedger:
     """The charges of every placed workload; thread-safe (the index and the deciding thread share it)."""
 
-    def __init__(self, to_engine: Callable[[WorkloadView], Workload] | None = None) -> None:
+    def __init__(self, to_engine: Callable[[WorkloadView], Workload]) -> None:
+        """`to_engine`: a workload as the engine plans it now (observed traffic, corrections)."""
         self.lock = threading.RLock()
         self.to_engine = to_engine
         # per workload: the last view with a valid spec (its pods run by it even while an edit is
@@ -35,13 +36,12 @@ class FleetLedger:
         self._pools: tuple[Pool, ...] | None = None
         self._ledger: Ledger | None = None
 
-    def update(self, view: WorkloadView, to_engine: Callable[[WorkloadView], Workload]) -> None:
+    def update(self, view: WorkloadView) -> None:
         """Charge what `view` holds now: the placement it is bringing up, else the one serving. A
         refused spec keeps the charge of the last accepted one (what runs still runs)."""
         held = view.migration_target or view.running
         uid = (view.body.get("metadata") or {}).get("uid", "")
         with self.lock:
-            self.to_engine = to_engine
             if uid in self._gone:
                 return
             if held is None:
@@ -55,7 +55,7 @@ class FleetLedger:
                 if view.key not in self._held:
                     return
                 view = self._held[view.key][0]
-            w = to_engine(view)
+            w = self.to_engine(view)
             self._held[view.key] = (view, w, held)
             if view.key not in self._pending:       # a decision being written stays charged until settled
                 self._charge(w, held)
@@ -104,8 +104,8 @@ class FleetLedger:
         with self.lock:
             if self._ledger is None or self._pools != pools:
                 names = {p.name for p in pools}
-                if self.to_engine is not None:      # read each workload again (telemetry may have changed it)
-                    self._held = {k: (v, self.to_engine(v), d) for k, (v, _, d) in self._held.items()}
+                # read each workload again (telemetry may have changed it)
+                self._held = {k: (v, self.to_engine(v), d) for k, (v, _, d) in self._held.items()}
                 charges = {k: (w, d) for k, (_, w, d) in self._held.items()}
                 charges.update(self._pending)
                 self._ledger = Ledger(pools, [(w, d) for w, d in charges.values()

@@ -90,7 +90,7 @@ class Operator:
     service_telemetry: ServiceTimeTelemetry | None = None
     site_telemetry: SiteTelemetry | None = None
     locks: dict[str, asyncio.Lock] = field(default_factory=dict)
-    fleet: FleetLedger = field(default_factory=FleetLedger)
+    fleet: FleetLedger = field(init=False)
     specs: ValidatedSpecs = field(default_factory=ValidatedSpecs)
     available: dict[tuple[str, str], bool] = field(default_factory=dict)   # Deployment -> available, as last seen
     timed_out: dict[str, tuple[str, float]] = field(default_factory=dict)
@@ -107,6 +107,9 @@ class Operator:
     # kopf runs its handlers only once every index is full: the first one to run sets this, and the
     # loop starts then (pools and moves are not judged on a half-read cluster)
     indexes_full: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def __post_init__(self) -> None:
+        self.fleet = FleetLedger(self.to_engine)
 
     def restart(self, why: str) -> None:
         """Stop the operator (its pod restarts with a fresh view of the cluster)."""
@@ -171,7 +174,7 @@ class Operator:
     def indexed(self, view: WorkloadView) -> WorkloadView:
         """The workload index saw `view`: charge what it holds; what the index keeps of it."""
         kept = view.to_keep()
-        self.fleet.update(kept, self.to_engine)
+        self.fleet.update(kept)
         return kept
 
     def wants_a_look(self, key: str, body: Mapping[str, Any], listed: bool = False) -> bool:
