@@ -28,7 +28,8 @@ log = logging.getLogger("hetplace")
 def kopf_settings(settings: Settings) -> kopf.OperatorSettings:
     """kopf's settings for hetplace."""
     kopf_settings = kopf.OperatorSettings()
-    # handler state and the last handled spec live in annotations: status is hetplace's own schema
+    # event and index handlers keep no state; should kopf ever store any, annotations, not status
+    # (status is hetplace's own schema)
     kopf_settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=KOPF_PREFIX)
     kopf_settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=KOPF_PREFIX, key="last-handled-configuration")
