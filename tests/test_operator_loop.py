@@ -152,10 +152,12 @@ def test_a_failed_reconcile_is_tried_again_with_a_backoff():
                 raise RuntimeError("the API went away")
 
         operator.reconcile = reconcile
-        view = type("View", (), {"body": {"metadata": {"name": "w", "namespace": "ns"}}})()
-        operator.indices = {"workloads": {"ns/w": [view]}}
-        await operator.look("ns/w", view.body)
-        await until(lambda: len(attempts) == 3 and not operator.retries)   # after 2 s, then 4 s; a success ends them
+        operator.start_workers()
+        try:
+            operator.queue.add("ns/w")
+            await until(lambda: len(attempts) == 3 and not operator.retries)   # after 2 s, then 4 s; a success ends them
+        finally:
+            await operator.stop_workers()
         assert 1.8 <= attempts[1] - attempts[0] and 3.8 <= attempts[2] - attempts[1]
 
     run(scenario)

@@ -1,6 +1,7 @@
 """The kopf handlers, thin: indexes over ComputePools, Nodes, InferenceWorkloads and the objects
 hetplace owns; one reconcile for a new workload, a new generation of its spec, and each workload
-listed at start (resuming); a Deployment's change progresses its workload's move; the rebalance
+listed at start (resuming), queued by name for a few workers (workqueue.py) so that a handler
+returns at once; a Deployment's change progresses its workload's move (queued first); the rebalance
 loop starts with the operator and runs where kopf's peering lets handlers run. Everything they do
 is `Operator`'s (runtime.py).
 
@@ -38,6 +39,9 @@ def kopf_settings(settings: Settings) -> kopf.OperatorSettings:
     kopf_settings.watching.client_timeout = settings.watch_timeout_seconds + 10
     kopf_settings.networking.error_backoffs = [0.5, 1, 2, 5]
     kopf_settings.peering.lifetime = settings.peering_lifetime_seconds
+    # kopf's per-object worker keeps the last event's body while it idles; hetplace's handlers are
+    # quick (a workload's reconcile waits in the operator's own queue as a name), so idle briefly
+    kopf_settings.queueing.idle_timeout = 1.0
     return kopf_settings
 
 
@@ -57,6 +61,7 @@ def make_registry() -> kopf.OperatorRegistry:
                             ("pools", "nodes", "workloads", "deployments", "services", "configmaps")}
         operator.event_loop = asyncio.get_running_loop()
         memo.stop = asyncio.Event()
+        operator.start_workers()
         memo.loop_task = asyncio.create_task(operator.run_loop(memo.stop), name="hetplace rebalance loop")
 
     @kopf.on.cleanup(registry=registry, id="stop")
@@ -64,23 +69,24 @@ def make_registry() -> kopf.OperatorRegistry:
         memo.stop.set()
         memo.operator.wake_soon()
         await asyncio.wait_for(memo.loop_task, timeout=30)
+        await memo.operator.stop_workers()
 
     @kopf.index(GROUP, VERSION, "computepools", registry=registry, id="pools")
-    def pools(body: kopf.Body, name: str, memo: kopf.Memo, **_: Any) -> dict:
+    async def pools(body: kopf.Body, name: str, memo: kopf.Memo, **_: Any) -> dict:
         return {name: memo.operator.pool_indexed(pool_view(dict(body)))}
 
     @kopf.on.event(GROUP, VERSION, "computepools", registry=registry, id="pool-gone")
-    def pool_gone(type: str, name: str, memo: kopf.Memo, **_: Any) -> None:
+    async def pool_gone(type: str, name: str, memo: kopf.Memo, **_: Any) -> None:
         memo.operator.indexes_full.set()        # kopf runs handlers only once every index is full
         if type == "DELETED":
             memo.operator.pool_deleted(name)
 
     @kopf.index("", "v1", "nodes", registry=registry, id="nodes")
-    def nodes(body: kopf.Body, name: str, **_: Any) -> dict:
+    async def nodes(body: kopf.Body, name: str, **_: Any) -> dict:
         return {name: node_view(body)}
 
     @kopf.index(GROUP, VERSION, "inferenceworkloads", registry=registry, id="workloads")
-    def workloads(body: kopf.Body, memo: kopf.Memo, **_: Any) -> dict:
+    async def workloads(body: kopf.Body, memo: kopf.Memo, **_: Any) -> dict:
         view = memo.operator.indexed(workload_view(dict(body), memo.operator.specs))
         return {view.key: view}
 
@@ -92,9 +98,9 @@ def make_registry() -> kopf.OperatorRegistry:
         if type == "DELETED":       # what it held is free again (its children go with it, by owner reference)
             memo.operator.workload_deleted(key, body.get("metadata", {}).get("uid", ""))
         elif memo.operator.wants_a_look(key, body, listed=type is None):
-            await memo.operator.look(key, dict(body))
+            memo.operator.queue.add(key)
 
-    def owned(body: kopf.Body, **_: Any) -> dict:
+    async def owned(body: kopf.Body, **_: Any) -> dict:
         child = child_view(dict(body))
         return {child.workload: child} if child is not None else {}
 
@@ -108,6 +114,6 @@ def make_registry() -> kopf.OperatorRegistry:
             return
         changed = memo.operator.availability_changed(child, gone=type == "DELETED")
         if changed and type is not None:        # a listing (start, watch renewed): resuming looks at the workload
-            await memo.operator.progress(child.workload)
+            memo.operator.progress(child.workload)
 
     return registry

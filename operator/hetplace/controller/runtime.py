@@ -55,6 +55,7 @@ from hetplace.telemetry.prometheus import (
 )
 from hetplace.telemetry.triton import triton_endpoint
 from hetplace.controller.planner import PlanningFailed, plan_in_child
+from hetplace.controller.workqueue import WorkQueue
 from hetplace.engine.rebalance import Running
 from hetplace.k8s.client import Kube, KubeError
 from hetplace.k8s.status import Observed, pool_status, two_digits
@@ -64,6 +65,8 @@ from hetplace.render.names import group_name
 log = logging.getLogger("hetplace")
 Probe = Callable[[str, str, float], Any]        # (endpoint, model, timeout_s) -> .ready, .reason, .message
 API_VERSION = "hetplace.io/v1alpha1"
+# workloads reconciled at once: each mostly waits for the API (its calls run in asyncio's threads)
+RECONCILE_WORKERS = 8
 RESUMED = ("taking over after a pause: restarting to read the cluster afresh (kopf's indexes are not "
            "refreshed while paused)")
 
@@ -99,7 +102,8 @@ class Operator:
     refused: dict[str, int] = field(default_factory=dict)      # key -> generation the API refused to apply
     retries: dict[str, int] = field(default_factory=dict)      # key -> failed attempts in a row
     resumed: set[str] = field(default_factory=set)             # uids looked at once since the start
-    background: set[asyncio.Task] = field(default_factory=set)
+    queue: WorkQueue = field(default_factory=WorkQueue)        # workloads to reconcile
+    workers: list[asyncio.Task] = field(default_factory=list)
     telemetry_read_at: float = float("-inf")
     telemetry_fresh_at: float = 0.0
     was_follower: bool = False
@@ -164,6 +168,7 @@ class Operator:
         self.fleet.forget(key, uid)
         self.specs.forget(key)
         self.retries.pop(key, None)
+        self.queue.forget(key)
         self.resumed.discard(uid)
         self.timed_out.pop(key, None)
         self.metrics.forget(*key.split("/", 1))
@@ -190,11 +195,31 @@ class Operator:
         return (body.get("status") or {}).get("observedGeneration") != generation and \
             self.refused.get(key) != generation
 
-    async def look(self, key: str, body: Mapping[str, Any]) -> None:
-        """Reconcile one workload for an event; a failure the API may get over is tried again with a
-        backoff (2 s doubling to a minute) until a reconcile of it succeeds."""
+    def start_workers(self) -> None:
+        """Start the reconcile workers (on the running event loop)."""
+        self.workers = [asyncio.create_task(self._work(), name=f"hetplace reconcile worker {n}")
+                        for n in range(RECONCILE_WORKERS)]
+
+    async def stop_workers(self) -> None:
+        for worker in self.workers:
+            worker.cancel()
+        await asyncio.gather(*self.workers, return_exceptions=True)
+        self.workers = []
+
+    async def _work(self) -> None:
+        while True:
+            key = await self.queue.get()
+            try:
+                await self.look(key)
+            finally:
+                self.queue.done(key)
+
+    async def look(self, key: str) -> None:
+        """Reconcile one workload; a failure the API may get over is tried again with a backoff
+        (2 s doubling to a minute) until a reconcile of it succeeds."""
+        namespace, name = key.split("/", 1)
         try:
-            await self.reconcile(body)
+            await self.reconcile({"metadata": {"namespace": namespace, "name": name}})
         except KubeError as failed:
             if failed.refused:
                 self.retries.pop(key, None)
@@ -209,12 +234,8 @@ class Operator:
         asyncio.get_running_loop().call_later(min(60.0, 2.0 ** attempt), self._look_again, key)
 
     def _look_again(self, key: str) -> None:
-        if not self.retries.get(key):
-            return          # a reconcile of it succeeded meanwhile, or it was deleted
-        for view in list((self.indices.get("workloads") or {}).get(key, ())):
-            task = asyncio.ensure_future(self.look(key, view.body))
-            self.background.add(task)
-            task.add_done_callback(self.background.discard)
+        if self.retries.get(key):       # not when a reconcile of it succeeded meanwhile, or it was deleted
+            self.queue.add(key)
 
     def lock(self, key: str) -> asyncio.Lock:
         return self.locks.setdefault(key, asyncio.Lock())
@@ -393,7 +414,7 @@ class Operator:
             if self.refused.get(view.key) == view.generation:
                 continue
             if view.migration_target is not None or (waiting_too and _in_progress(view)):
-                await self._safely(view.body)
+                self.queue.add(view.key, urgent=True)
 
     def availability_changed(self, child: Child, gone: bool = False) -> bool:
         """Whether a Deployment event matters to its workload: it became available, or stopped being
@@ -406,11 +427,11 @@ class Operator:
         self.available[name] = child.available
         return child.available != before
 
-    async def progress(self, key: str) -> None:
-        """A child of `key` changed (it became available, or stopped being so): look again."""
-        index = self.indices.get("workloads") or {}
-        for view in list(index.get(key, ())):
-            await self._safely(view.body)
+    def progress(self, key: str) -> None:
+        """A child of `key` changed (it became available, or stopped being so): look again, before
+        the workloads waiting for a first decision (a Ready status or a move's next step waits)."""
+        if key in (self.indices.get("workloads") or {}):
+            self.queue.add(key, urgent=True)
 
     def publish_pools(self, picture: Picture) -> None:
         """Each ComputePool's status (validity, ready nodes, capacity, what hetplace placed) and the
@@ -487,7 +508,7 @@ class Operator:
         for view in picture.workloads.values():
             if view.running is not None and (after.fresh != before.fresh or _seen(after, view.key) != _seen(
                     before, view.key)):
-                await self._safely(view.body)
+                self.queue.add(view.key)
 
     def read_telemetry(self, picture: Picture) -> None:
         """Links (bandwidth, RTT), each running group's service time, and per site the traffic and the
