@@ -20,6 +20,7 @@ from hetplace.controller.inventory import (
     APPLIED_HASH,
     Child,
     Picture,
+    ValidatedSpecs,
     child_view,
     live_pool,
     node_view,
@@ -474,3 +475,37 @@ def test_the_group_a_move_leaves_behind_outlives_the_routes_switch_by_the_drain_
     done = cluster.cycle(T0 + timedelta(seconds=92), drain_s=30)
     assert deployments(cluster) == ["defect-detector-gpu-cloud-eu-trt-fp16"] and done.delete
     assert cluster.body["status"]["phase"] == "Placed" and "migration" not in cluster.body["status"]
+
+
+def test_the_index_keeps_no_parsed_object_and_of_the_status_only_what_the_loop_reads():
+    cluster = placed_cluster()
+    full = workload_view(cluster.body)
+    kept = workload_view(cluster.body, ValidatedSpecs(), keep=True)
+    assert full.valid is not None and kept.valid is None and kept.accepted
+    assert kept.engine == full.engine and kept.running.fingerprint() == full.running.fingerprint()
+    assert [c.type for c in kept.status.conditions] == ["Ready"] and kept.status.conditions[0].status == "True"
+    assert kept.status.decision == full.status.decision and not kept.status.placements
+    assert set(kept.body) == {"metadata"} and kept.body["metadata"]["uid"] == UID
+    refused = workload_view(workload_body(generation=2, slo={"latencyMs": 120, "percentile": 101}),
+                            ValidatedSpecs(), keep=True)
+    assert not refused.accepted and "percentile" in refused.problem
+
+
+def test_validated_specs_never_hand_back_an_earlier_generation_and_keep_few_parsed_objects():
+    specs = ValidatedSpecs(recent=2)
+    key = "factory/defect-detector"
+    accepted, _, engine = specs.of(key, workload_body(generation=1))
+    assert accepted is not None and specs.of(key, workload_body(generation=1))[0] is accepted, "reused"
+    bad = workload_body(generation=2, slo={"latencyMs": 120, "percentile": 101})
+    assert specs.of(key, bad, parsed=False)[0] is None       # the index reads it first
+    valid, problem, engine = specs.of(key, bad)               # then a reconcile
+    assert valid is None and engine is None and "spec.slo.percentile" in problem, \
+        "the refused generation, not the parsed object of the accepted one before it"
+    for n in range(3):                                         # three others push the parsed object out
+        other = workload_body(generation=1)
+        other["metadata"].update(name=f"w{n}", uid=f"u{n}")
+        specs.of(f"factory/w{n}", other)
+    assert len(specs._parsed) == 2
+    again = workload_body(generation=3)
+    first = specs.of(key, again)
+    assert specs.of(key, again, parsed=False) == (None, "", first[2]), "the engine's reading is kept for all"

@@ -51,7 +51,7 @@ class FleetLedger:
                     return      # an event from before the operator's own status write, delivered after it
                 self._drop(view.key)
                 return
-            if view.valid is None:
+            if not view.accepted:
                 if view.key not in self._held:
                     return
                 view = self._held[view.key][0]

@@ -18,7 +18,7 @@ from typing import Any
 import kopf
 
 from hetplace.config import Settings
-from hetplace.controller.inventory import child_view, node_view, pool_view, workload_view
+from hetplace.controller.inventory import child_view, node_view, pool_view
 
 GROUP, VERSION = "hetplace.io", "v1alpha1"
 MANAGED = {"app.kubernetes.io/managed-by": "hetplace"}
@@ -87,7 +87,7 @@ def make_registry() -> kopf.OperatorRegistry:
 
     @kopf.index(GROUP, VERSION, "inferenceworkloads", registry=registry, id="workloads")
     async def workloads(body: kopf.Body, memo: kopf.Memo, **_: Any) -> dict:
-        view = memo.operator.indexed(workload_view(dict(body), memo.operator.specs))
+        view = memo.operator.indexed(dict(body))
         return {view.key: view}
 
     @kopf.on.event(GROUP, VERSION, "inferenceworkloads", registry=registry, id="workload")

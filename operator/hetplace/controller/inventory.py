@@ -7,6 +7,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Iterable, Mapping
@@ -86,11 +88,23 @@ class WorkloadView:
     def generation(self) -> int:
         return int(self.body.get("metadata", {}).get("generation") or 1)
 
+    @property
+    def accepted(self) -> bool:
+        """Its spec was accepted (a view the index keeps has no `valid` object, but its `engine` one)."""
+        return self.engine is not None
+
     def to_keep(self) -> WorkloadView:
         """The view as an index keeps it, for thousands of workloads: its body cut to the metadata
-        that names it (a reconcile reads the object afresh; the spec and status live on parsed)."""
+        that names it, no parsed object (`engine` is what the fleet needs of the spec), and of the
+        status only what the loop reads of it (the decision, the Ready condition; what serves and
+        what it moves to are `running` and `migration_target` already). A reconcile reads the
+        object afresh."""
         meta = self.body.get("metadata") or {}
-        return dataclasses.replace(self, body={"metadata": {k: meta[k] for k in KEPT_METADATA if k in meta}})
+        status = self.status and self.status.model_copy(update={
+            "conditions": [c for c in self.status.conditions if c.type == "Ready"], "placements": [],
+            "rejected": [], "migration": None, "summary": ""})
+        return dataclasses.replace(self, body={"metadata": {k: meta[k] for k in KEPT_METADATA if k in meta}},
+                                   valid=None, status=status)
 
 
 KEPT_METADATA = ("name", "namespace", "uid", "generation", "resourceVersion")
@@ -99,23 +113,45 @@ KEPT_METADATA = ("name", "namespace", "uid", "generation", "resourceVersion")
 class ValidatedSpecs:
     """Each workload's spec as last validated, reused while its uid, generation and labels stay: the
     API bumps the generation on every spec change, and most events (status writes, Deployment
-    changes, resyncs) carry a spec already read. Thread-safe enough: a miss just validates again."""
+    changes, resyncs) carry a spec already read. The engine's reading is kept for every workload;
+    the parsed object (far larger) only for the `recent` last validated, which the reconcile that
+    follows an event reuses."""
 
-    def __init__(self) -> None:
-        self._by_key: dict[str, tuple[tuple, InferenceWorkload | None, str, Workload | None]] = {}
+    def __init__(self, recent: int = 512) -> None:
+        self._by_key: dict[str, tuple[tuple, str, Workload | None]] = {}
+        self._parsed: OrderedDict[str, tuple[tuple, InferenceWorkload]] = OrderedDict()
+        self._recent = recent
+        self._lock = threading.Lock()       # the event loop and the reconciles' threads share it
 
-    def of(self, key: str, body: Mapping[str, Any]) -> tuple[InferenceWorkload | None, str, Workload | None]:
+    def of(self, key: str, body: Mapping[str, Any],
+           parsed: bool = True) -> tuple[InferenceWorkload | None, str, Workload | None]:
+        """(the parsed object, or None when refused or not `parsed`; the problem; the engine's reading)."""
         meta = body.get("metadata", {})
         stamp = (meta.get("uid"), meta.get("generation"), tuple(sorted((meta.get("labels") or {}).items())))
-        known = self._by_key.get(key)
-        if known is not None and known[0] == stamp and stamp[0] is not None:
-            return known[1:]
+        with self._lock:
+            known = self._by_key.get(key)
+            if known is not None and known[0] == stamp and stamp[0] is not None:
+                problem, engine = known[1:]
+                recent = self._parsed.get(key)
+                valid = recent[1] if recent is not None and recent[0] == stamp else None
+                if engine is None or not parsed or valid is not None:
+                    if valid is not None:
+                        self._parsed.move_to_end(key)
+                    return (valid if parsed else None), problem, engine
         valid, problem, engine = _validated(body)
-        self._by_key[key] = (stamp, valid, problem, engine)
-        return valid, problem, engine
+        with self._lock:
+            self._by_key[key] = (stamp, problem, engine)
+            self._parsed.pop(key, None)
+            if valid is not None:
+                self._parsed[key] = (stamp, valid)
+                while len(self._parsed) > self._recent:
+                    self._parsed.popitem(last=False)
+        return (valid if parsed else None), problem, engine
 
     def forget(self, key: str) -> None:
-        self._by_key.pop(key, None)
+        with self._lock:
+            self._by_key.pop(key, None)
+            self._parsed.pop(key, None)
 
 
 def _validated(body: Mapping[str, Any]) -> tuple[InferenceWorkload | None, str, Workload | None]:
@@ -126,19 +162,21 @@ def _validated(body: Mapping[str, Any]) -> tuple[InferenceWorkload | None, str, 
     return valid, "", workload_from_spec(valid.metadata.namespace or "default", valid.metadata.name, valid.spec)
 
 
-def workload_view(body: Mapping[str, Any], specs: ValidatedSpecs | None = None) -> WorkloadView:
+def workload_view(body: Mapping[str, Any], specs: ValidatedSpecs | None = None, keep: bool = False) -> WorkloadView:
+    """The workload as a reconcile reads it; with `keep`, as the index keeps it (`to_keep`)."""
     meta = body.get("metadata", {})
     key = f"{meta.get('namespace') or 'default'}/{meta.get('name')}"
     status = _status(body.get("status"))
-    valid, problem, engine = specs.of(key, body) if specs is not None else _validated(body)
-    objective = valid.spec.policy.objective if valid is not None else "MinCost"
+    valid, problem, engine = specs.of(key, body, parsed=not keep) if specs is not None else _validated(body)
+    objective = engine.objective if engine is not None else "MinCost"
     running = decision_from(key, status.placements, objective, status.decision.reason if status and status.decision
                             else "") if status and not _dry_run(status) else None
     migration = status.migration if status else None
     target = decision_from(key, migration.target, objective, migration.reason) if migration else None
-    return WorkloadView(key, body, valid, problem, running, target, migration.started_at if migration else None, status,
-                        engine, migration.routes_switched_at if migration else None,
+    view = WorkloadView(key, body, valid, problem, running, target, migration.started_at if migration else None,
+                        status, engine, migration.routes_switched_at if migration else None,
                         decision_from(key, migration.leaving, objective, "") if migration else None)
+    return view.to_keep() if keep else view
 
 
 def _dry_run(status: InferenceWorkloadStatus) -> bool:

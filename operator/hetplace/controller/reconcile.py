@@ -80,7 +80,7 @@ def snapshot_for(picture: Picture, telemetry: Telemetry, leave_out: str | None =
     ledger = Ledger(pools)
     for key, view in picture.workloads.items():
         held = view.migration_target or view.running
-        if key == leave_out or view.valid is None or held is None:
+        if key == leave_out or not view.accepted or held is None:
             continue
         if all(g.pool in picture.pools for g in held.groups):
             ledger.add(engine_workload(view, telemetry), held)

@@ -176,9 +176,9 @@ class Operator:
     def to_engine(self, view: WorkloadView) -> Workload:
         return engine_workload(view, self.telemetry)
 
-    def indexed(self, view: WorkloadView) -> WorkloadView:
-        """The workload index saw `view`: charge what it holds; what the index keeps of it."""
-        kept = view.to_keep()
+    def indexed(self, body: Mapping[str, Any]) -> WorkloadView:
+        """The workload index saw `body`: charge what it holds; what the index keeps of it."""
+        kept = workload_view(body, self.specs, keep=True)
         self.fleet.update(kept)
         return kept
 
@@ -366,7 +366,7 @@ class Operator:
             written = self.kube.patch_status(API_VERSION, "InferenceWorkload", meta.get("namespace"), meta.get("name"),
                                              outcome.status, resource_version=meta.get("resourceVersion"))
             if written:       # charge it now: the next decision must not wait for the watch to see it
-                self.indexed(workload_view(written, self.specs))
+                self.indexed(written)
         now = self.clock().isoformat().replace("+00:00", "Z")
         notes = [*outcome.events, *(Note("Warning", "NameConflict", f"{c}: not taken over (rename the workload, "
                                          "or remove that object)") for c in conflicts)]
@@ -438,7 +438,7 @@ class Operator:
         utilisation metric; written only when it changed."""
         allocated: dict[str, Resources] = {}
         for view in picture.workloads.values():
-            if view.valid is not None and view.running is not None:
+            if view.accepted and view.running is not None:
                 for pool, used in taken_by(engine_workload(view, self.telemetry), view.running)[0].items():
                     allocated[pool] = allocated.get(pool, Resources()).plus(used)
         now = self.clock()
@@ -473,7 +473,7 @@ class Operator:
         picture = self.picture()        # read on the event loop: kopf's indexes change there
         await self.refresh_telemetry(picture)
         await asyncio.to_thread(self.publish_pools, picture)
-        valid = [v for v in picture.workloads.values() if v.valid is not None and v.migration_target is None]
+        valid = [v for v in picture.workloads.values() if v.accepted and v.migration_target is None]
         if not valid:
             return
         snapshot, _ = snapshot_for(picture, self.telemetry)
@@ -515,7 +515,7 @@ class Operator:
         latency clients observe, through the PromQL templates."""
         if self.link_telemetry is None:
             return
-        placed = [v for v in picture.workloads.values() if v.valid is not None and v.running is not None]
+        placed = [v for v in picture.workloads.values() if v.accepted and v.running is not None]
         reading = self.link_telemetry.read(picture.engine_pools())
         corrections, failed = self._corrections(placed)
         sites = self.site_telemetry.read() if self.site_telemetry is not None else SiteReading({}, {})
@@ -524,7 +524,7 @@ class Operator:
         for (key, site), rate in sites.requests_per_second.items():
             traffic.setdefault(key, []).append(TrafficObservation(key, site, rate))
         latency: dict[str, dict[str, float]] = {}
-        percentiles = {v.key: v.valid.spec.slo.percentile for v in placed}
+        percentiles = {v.key: v.engine.percentile for v in placed}
         for (key, site), buckets in sites.latency_buckets.items():
             seconds = latency_quantile_s(buckets, percentiles[key]) if key in percentiles else None
             if seconds is not None:
@@ -555,10 +555,10 @@ class Operator:
         observed, failed = self.service_telemetry.read(refs)
         corrections: dict[str, dict[tuple[str, str], float]] = {}
         for ref, ms in observed.items():
-            profile = next((x for x in refs[ref].valid.spec.variants if x.name == ref.variant), None)
+            profile = next((x for x in refs[ref].engine.variants if x.name == ref.variant), None)
             if profile is not None:
                 corrections.setdefault(f"{ref.namespace}/{ref.workload}", {})[(ref.pool, ref.variant)] = \
-                    correction_factor(ms, profile.profile.latency_ms)
+                    correction_factor(ms, profile.latency_ms)
         return corrections, list(failed)
 
     async def _safely(self, body: Mapping[str, Any], planned: Planned | None = None) -> Outcome | None:
@@ -670,7 +670,7 @@ def _pool_status(raw: Mapping[str, Any]) -> ComputePoolStatus | None:
 
 
 def _in_progress(view: WorkloadView) -> bool:
-    if view.valid is None:
+    if not view.accepted:
         return False
     if view.migration_target is not None:
         return True
