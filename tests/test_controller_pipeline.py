@@ -483,8 +483,8 @@ def test_the_index_keeps_no_parsed_object_and_of_the_status_only_what_the_loop_r
     kept = workload_view(cluster.body, ValidatedSpecs(), keep=True)
     assert full.valid is not None and kept.valid is None and kept.accepted
     assert kept.engine == full.engine and kept.running.fingerprint() == full.running.fingerprint()
-    assert [c.type for c in kept.status.conditions] == ["Ready"] and kept.status.conditions[0].status == "True"
-    assert kept.status.decision == full.status.decision and not kept.status.placements
+    assert kept.status is None and kept.kept_status.ready == "True" and not kept.kept_status.bringing_up
+    assert kept.kept_status.decided_at == full.status.decision.at is not None
     assert set(kept.body) == {"metadata"} and kept.body["metadata"]["uid"] == UID
     refused = workload_view(workload_body(generation=2, slo={"latencyMs": 120, "percentile": 101}),
                             ValidatedSpecs(), keep=True)

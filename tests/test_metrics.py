@@ -6,6 +6,7 @@ import shutil
 import subprocess
 
 import pytest
+from prometheus_client import Gauge
 from test_render import FACTORY
 
 from hetplace.api.load import load_manifests
@@ -14,13 +15,16 @@ from hetplace.engine.from_api import pool_from_spec, workload_from_spec
 from hetplace.metrics import OperatorMetrics
 
 
-def filled() -> OperatorMetrics:
+def factory_decision():
     manifests = load_manifests([FACTORY / "pools", FACTORY / "workload.yaml"])
     w = manifests.workloads[0]
-    decision = solve(workload_from_spec(w.metadata.namespace, w.metadata.name, w.spec),
-                     Snapshot(tuple(pool_from_spec(p.metadata.name, p.spec) for p in manifests.pools)))
+    return solve(workload_from_spec(w.metadata.namespace, w.metadata.name, w.spec),
+                 Snapshot(tuple(pool_from_spec(p.metadata.name, p.spec) for p in manifests.pools)))
+
+
+def filled() -> OperatorMetrics:
     metrics = OperatorMetrics()
-    metrics.record_outcome(w.metadata.namespace, w.metadata.name, "placed", decision)
+    metrics.record_outcome("factory", "defect-detector", "placed", factory_decision())
     with metrics.decision_duration.time():
         pass
     metrics.moves.labels("repair", "move").inc()
@@ -60,3 +64,23 @@ def test_a_decision_is_published_per_route_and_costed():
     assert 'hetplace_workload_cost_dollars_per_hour{namespace="factory",workload="defect-detector"} 0.534' in text
     assert 'hetplace_decisions_total{outcome="placed"} 1.0' in text
     assert 'hetplace_decisions_total{outcome="infeasible"} 0.0' in text
+
+
+def test_series_follow_what_serves_and_go_with_the_workload():
+    metrics = filled()
+    text = metrics.exposition().decode()
+    assert text.count("hetplace_route_predicted_latency_seconds{") == 2
+    metrics.record_outcome("factory", "defect-detector", "infeasible", None)     # nothing serves
+    text = metrics.exposition().decode()
+    assert "hetplace_route_predicted_latency_seconds{" not in text
+    assert "hetplace_workload_cost_dollars_per_hour{" not in text
+    assert "# TYPE hetplace_workload_cost_dollars_per_hour gauge" in text        # the family stays described
+    metrics.record_outcome("other", "w1", "placed", factory_decision())
+    metrics.forget("other", "w1")
+    assert 'workload="w1"' not in metrics.exposition().decode()
+
+
+def test_a_second_registration_of_the_same_names_is_refused():
+    metrics = OperatorMetrics()
+    with pytest.raises(ValueError, match="Duplicated timeseries"):
+        Gauge("hetplace_workload_cost_dollars_per_hour", "again", registry=metrics.registry)

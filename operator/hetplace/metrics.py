@@ -5,14 +5,57 @@ conventions (base units, `_total` counters, `_seconds`, `_ratio`)."""
 
 from __future__ import annotations
 
-from typing import Mapping
+import threading
+from typing import Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
 
 from hetplace.engine.decision import Decision
 
 DECISION_OUTCOMES = ("placed", "infeasible", "invalid", "unchanged")
 MOVE_REASONS = ("place", "repair", "saving")
+
+
+class ServingCollector:
+    """What serves each workload — its cost and its routes' predicted latency — exposed when scraped
+    (a custom collector): one small tuple per workload, where a gauge child per series would hold
+    an object, a lock and a value each, thousands of times over."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        # (namespace, workload) -> ($/h, ((site, pool, variant, predicted seconds), ...))
+        self._serving: dict[tuple[str, str], tuple[float, tuple[tuple[str, str, str, float], ...]]] = {}
+
+    def publish(self, namespace: str, name: str, serving: Decision | None) -> None:
+        """What serves `namespace/name` now (None, or infeasible: nothing; its series go)."""
+        with self._lock:
+            if serving is None or not serving.feasible:
+                self._serving.pop((namespace, name), None)
+                return
+            self._serving[(namespace, name)] = (serving.cost_per_hour, tuple(
+                (r.site, g.pool, g.variant, r.predicted_latency_ms / 1000.0) for g in serving.groups for r in g.routes))
+
+    def describe(self) -> Iterator[Metric]:
+        return self._families({})
+
+    def collect(self) -> Iterator[Metric]:
+        with self._lock:
+            serving = dict(self._serving)
+        return self._families(serving)
+
+    @staticmethod
+    def _families(serving: Mapping[tuple[str, str], tuple[float, tuple]]) -> Iterator[Metric]:
+        latency = GaugeMetricFamily("hetplace_route_predicted_latency_seconds",
+                                    "Predicted latency at the SLO percentile of a route.",
+                                    labels=["namespace", "workload", "site", "pool", "variant"])
+        cost = GaugeMetricFamily("hetplace_workload_cost_dollars_per_hour", "What a workload's placement costs per hour.",
+                                 labels=["namespace", "workload"])
+        for (namespace, name), (dollars, routes) in sorted(serving.items()):
+            cost.add_metric([namespace, name], dollars)
+            for site, pool, variant, seconds in routes:
+                latency.add_metric([namespace, name, site, pool, variant], seconds)
+        return iter((latency, cost))
 
 
 class OperatorMetrics:
@@ -25,15 +68,12 @@ class OperatorMetrics:
         self.decision_duration = Histogram(
             "hetplace_decision_duration_seconds", "Time to decide one workload (validate, snapshot, engine).",
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10), registry=r)
-        self.predicted_latency = Gauge(
-            "hetplace_route_predicted_latency_seconds", "Predicted latency at the SLO percentile of a route.",
-            ["namespace", "workload", "site", "pool", "variant"], registry=r)
+        self.serving = ServingCollector()
+        r.register(self.serving)
         self.observed_latency = Gauge(
             "hetplace_route_observed_latency_seconds",
             "Latency clients at a site observe at the workload's SLO percentile.",
             ["namespace", "workload", "site"], registry=r)
-        self.cost = Gauge("hetplace_workload_cost_dollars_per_hour", "What a workload's placement costs per hour.",
-                          ["namespace", "workload"], registry=r)
         self.moves = Counter("hetplace_moves", "Placements the rebalance started, by reason (place, repair, saving) and kind.",
                              ["reason", "kind"], registry=r)
         self.pool_utilization = Gauge("hetplace_pool_utilization_ratio",
@@ -47,7 +87,6 @@ class OperatorMetrics:
                                         registry=r)
         self.leader = Gauge("hetplace_leader", "1 while this instance runs the rebalance loop (kopf peering).",
                             registry=r)
-        self._routes: dict[tuple[str, str], set[tuple[str, ...]]] = {}
         for outcome in DECISION_OUTCOMES:      # present from the start, at 0, so rates work at once
             self.decisions.labels(outcome)
 
@@ -55,27 +94,11 @@ class OperatorMetrics:
         """Count a decision by outcome and publish what serves: its routes' predicted latency and its
         cost (the series of routes that no longer serve are removed)."""
         self.decisions.labels(outcome).inc()
-        published = self._routes.pop((namespace, name), set())
-        now = set()
-        if serving is not None and serving.feasible:
-            self.cost.labels(namespace, name).set(serving.cost_per_hour)
-            for g in serving.groups:
-                for r in g.routes:
-                    labels = (namespace, name, r.site, g.pool, g.variant)
-                    self.predicted_latency.labels(*labels).set(r.predicted_latency_ms / 1000.0)
-                    now.add(labels)
-            self._routes[(namespace, name)] = now
-        for labels in published - now:
-            self.predicted_latency.remove(*labels)
+        self.serving.publish(namespace, name, serving)
 
     def forget(self, namespace: str, name: str) -> None:
         """A deleted workload's series go with it."""
-        for labels in self._routes.pop((namespace, name), set()):
-            self.predicted_latency.remove(*labels)
-        try:
-            self.cost.remove(namespace, name)
-        except KeyError:
-            pass
+        self.serving.publish(namespace, name, None)
 
     def record_observed_latency(self, by_workload: Mapping[str, Mapping[str, float]]) -> None:
         """Latency clients observe per (workload, site), in seconds; sites no longer reported are dropped."""

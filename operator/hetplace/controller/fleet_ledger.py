@@ -46,7 +46,7 @@ class FleetLedger:
                 return
             if held is None:
                 before = self._held.get(view.key)
-                if (before is not None and view.status is None and before[0].generation == view.generation
+                if (before is not None and view.kept_status is None and before[0].generation == view.generation
                         and (before[0].body.get("metadata") or {}).get("uid") == uid):
                     return      # an event from before the operator's own status write, delivered after it
                 self._drop(view.key)

@@ -27,7 +27,7 @@ APPLIED_HASH = "hetplace.io/applied-hash"
 WORKLOAD_LABEL = "hetplace.io/workload"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class NodeView:
     """A Node: its labels, whether it is Ready and schedulable, and what it can allocate."""
 
@@ -67,7 +67,22 @@ def live_pool(pool: ComputePool, nodes: Iterable[NodeView]) -> Pool:
                 declared.node_cost_per_hour, declared.links, declared.allowed_namespaces, declared.down)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
+class KeptStatus:
+    """What the loop reads of a workload's status, small enough to keep for every workload (the
+    parsed status is kept by no index): when its placement was decided, its Ready condition."""
+
+    decided_at: datetime | None
+    ready: str | None = None            # the Ready condition's status ("True", "False"), None without one
+    ready_reason: str = ""
+
+    @property
+    def bringing_up(self) -> bool:
+        """Ready has not been said yet, or is False (a dry run is never Ready, nor brought up)."""
+        return self.ready is None or (self.ready != "True" and self.ready_reason != "DryRun")
+
+
+@dataclass(frozen=True, slots=True)
 class WorkloadView:
     """One InferenceWorkload as indexed: the validated object (None when its spec is refused),
     what serves (from status.placements) and the move under way (from status.migration)."""
@@ -83,6 +98,7 @@ class WorkloadView:
     engine: Workload | None = None          # the spec as the engine reads it (declared traffic)
     routes_switched: datetime | None = None  # a move whose routes switched already (old groups draining)
     leaving: Decision | None = None         # and the placement it left behind
+    kept_status: KeptStatus | None = None   # of the status what the loop reads (None: no status yet)
 
     @property
     def generation(self) -> int:
@@ -95,16 +111,12 @@ class WorkloadView:
 
     def to_keep(self) -> WorkloadView:
         """The view as an index keeps it, for thousands of workloads: its body cut to the metadata
-        that names it, no parsed object (`engine` is what the fleet needs of the spec), and of the
-        status only what the loop reads of it (the decision, the Ready condition; what serves and
-        what it moves to are `running` and `migration_target` already). A reconcile reads the
-        object afresh."""
+        that names it, no parsed object (`engine` is what the fleet needs of the spec) and no parsed
+        status (`kept_status` is what the loop reads of it; what serves and what it moves to are
+        `running` and `migration_target` already). A reconcile reads the object afresh."""
         meta = self.body.get("metadata") or {}
-        status = self.status and self.status.model_copy(update={
-            "conditions": [c for c in self.status.conditions if c.type == "Ready"], "placements": [],
-            "rejected": [], "migration": None, "summary": ""})
         return dataclasses.replace(self, body={"metadata": {k: meta[k] for k in KEPT_METADATA if k in meta}},
-                                   valid=None, status=status)
+                                   valid=None, status=None)
 
 
 KEPT_METADATA = ("name", "namespace", "uid", "generation", "resourceVersion")
@@ -175,8 +187,17 @@ def workload_view(body: Mapping[str, Any], specs: ValidatedSpecs | None = None, 
     target = decision_from(key, migration.target, objective, migration.reason) if migration else None
     view = WorkloadView(key, body, valid, problem, running, target, migration.started_at if migration else None,
                         status, engine, migration.routes_switched_at if migration else None,
-                        decision_from(key, migration.leaving, objective, "") if migration else None)
+                        decision_from(key, migration.leaving, objective, "") if migration else None,
+                        _kept_status(status))
     return view.to_keep() if keep else view
+
+
+def _kept_status(status: InferenceWorkloadStatus | None) -> KeptStatus | None:
+    if status is None:
+        return None
+    ready = next((c for c in status.conditions if c.type == "Ready"), None)
+    return KeptStatus(status.decision.at if status.decision else None,
+                      ready.status if ready else None, ready.reason if ready else "")
 
 
 def _dry_run(status: InferenceWorkloadStatus) -> bool:
@@ -208,7 +229,7 @@ def decision_from(key: str, placements: Iterable[PlacementStatus], objective: st
     return Decision(key, True, objective, sum(g.cost_per_hour for g in groups), groups, (), reason, "status")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Child:
     """An object hetplace owns: which workload, its kind and name, the hash it was applied with,
     and (for a Deployment) whether it is available at its current spec."""
@@ -297,7 +318,7 @@ def with_applied_hash(obj: dict) -> dict:
     return {**obj, "metadata": meta}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PoolView:
     """One ComputePool as indexed: the validated object (None when refused, with the problem)."""
 

@@ -479,8 +479,9 @@ class Operator:
         snapshot, _ = snapshot_for(picture, self.telemetry)
         workloads = [engine_workload(v, self.telemetry) for v in valid]
         now = self.clock()
-        running = {v.key: Running(v.running, v.status.decision.at.timestamp() if v.status and v.status.decision
-                                  else None) for v in valid if v.running is not None}
+        running = {v.key: Running(v.running, v.kept_status.decided_at.timestamp()
+                                  if v.kept_status and v.kept_status.decided_at else None)
+                   for v in valid if v.running is not None}
         moves, held = await in_daemon_thread(plan_in_child, workloads, snapshot, running, now.timestamp(),
                                              max_moves=self.settings.max_moves_per_cycle,
                                              time_limit_s=self.settings.solver_time_limit_seconds,
@@ -674,8 +675,7 @@ def _in_progress(view: WorkloadView) -> bool:
         return False
     if view.migration_target is not None:
         return True
-    ready = next((c for c in (view.status.conditions if view.status else ()) if c.type == "Ready"), None)
-    return view.running is not None and (ready is None or (ready.status != "True" and ready.reason != "DryRun"))
+    return view.running is not None and (view.kept_status is None or view.kept_status.bringing_up)
 
 
 def _with_reason(decision: Decision, reason: str) -> Decision:

@@ -7,7 +7,7 @@ import json
 from dataclasses import dataclass
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class RoutePlan:
     """One site's traffic: where it goes, how it is encoded and how long it is predicted to take."""
 
@@ -20,7 +20,7 @@ class RoutePlan:
     link_utilization: float
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class GroupPlan:
     """One (pool, variant): a Triton Deployment whose replicas serve all its routes."""
 
@@ -35,7 +35,7 @@ class GroupPlan:
         return max(r.predicted_latency_ms for r in self.routes)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Rejection:
     """An option not taken, with the filter (or the objective) that ruled it out."""
 
@@ -45,7 +45,7 @@ class Rejection:
     reason: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Decision:
     """The placement of one workload, or why there is none."""
 

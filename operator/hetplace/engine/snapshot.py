@@ -14,7 +14,7 @@ LOCAL_BANDWIDTH_KBPS = 1_250_000.0
 LOCAL_RTT_MS = 0.5
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Resources:
     """Requested (or offered) resources: cores, bytes, whole accelerators."""
 
@@ -33,7 +33,7 @@ class Resources:
         return Resources(self.cpu_cores * count, self.memory_bytes * count, self.accelerators * count)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class LinkState:
     """The network path from a site to a pool."""
 
@@ -48,7 +48,7 @@ class LinkState:
 LOCAL_LINK = LinkState(LOCAL_BANDWIDTH_KBPS, LOCAL_RTT_MS)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Pool:
     """A ComputePool as the engine sees it: hardware, place, node shape, price and links."""
 
@@ -79,7 +79,7 @@ class Pool:
         return self.node.times(self.node_count)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Encoding:
     """One way a client can send a request; listed in preference order."""
 
@@ -88,7 +88,7 @@ class Encoding:
     accuracy_delta: float = 0.0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Variant:
     """One way to run the model on one hardware class."""
 
@@ -101,13 +101,13 @@ class Variant:
     resources: Resources
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Traffic:
     site: str
     requests_per_second: float
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Workload:
     """An InferenceWorkload as the engine sees it."""
 
