@@ -509,3 +509,21 @@ def test_validated_specs_never_hand_back_an_earlier_generation_and_keep_few_pars
     again = workload_body(generation=3)
     first = specs.of(key, again)
     assert specs.of(key, again, parsed=False) == (None, "", first[2]), "the engine's reading is kept for all"
+
+
+def test_workloads_of_one_model_share_its_catalogues_until_the_last_lets_go():
+    specs = ValidatedSpecs()
+    first, second = workload_body(), workload_body()
+    second["metadata"].update(name="other", uid="u-other")
+    _, _, a = specs.of("factory/defect-detector", first)
+    _, _, b = specs.of("factory/other", second)
+    assert a.variants is b.variants and a.encodings is b.encodings and a.variants == b.variants
+    assert len(specs._catalogues) == 2                        # one variant list, one encoding list
+    edited = workload_body(generation=2)
+    edited["spec"]["variants"][0]["profile"]["concurrency"] = 8
+    _, _, c = specs.of("factory/defect-detector", edited)     # its own variants now; encodings still shared
+    assert c.variants != b.variants and c.encodings is b.encodings and len(specs._catalogues) == 3
+    specs.forget("factory/other")
+    assert len(specs._catalogues) == 2 and specs.of("factory/defect-detector", edited)[2] is c
+    specs.forget("factory/defect-detector")
+    assert len(specs._catalogues) == 0

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import sys
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -133,6 +134,7 @@ class ValidatedSpecs:
         self._by_key: dict[str, tuple[tuple, str, Workload | None]] = {}
         self._parsed: OrderedDict[str, tuple[tuple, InferenceWorkload]] = OrderedDict()
         self._recent = recent
+        self._catalogues = Catalogues()
         self._lock = threading.Lock()       # the event loop and the reconciles' threads share it
 
     def of(self, key: str, body: Mapping[str, Any],
@@ -152,6 +154,9 @@ class ValidatedSpecs:
                     return (valid if parsed else None), problem, engine
         valid, problem, engine = _validated(body)
         with self._lock:
+            before = self._by_key.get(key)
+            engine = self._catalogues.hold(engine)
+            self._catalogues.release(before[2] if before else None)
             self._by_key[key] = (stamp, problem, engine)
             self._parsed.pop(key, None)
             if valid is not None:
@@ -162,8 +167,39 @@ class ValidatedSpecs:
 
     def forget(self, key: str) -> None:
         with self._lock:
-            self._by_key.pop(key, None)
+            before = self._by_key.pop(key, None)
+            self._catalogues.release(before[2] if before else None)
             self._parsed.pop(key, None)
+
+
+class Catalogues:
+    """Equal variant and encoding lists held once for all the workloads that name them (workloads
+    of one model usually do), each counted by its users and let go with the last."""
+
+    def __init__(self) -> None:
+        self._held: dict[tuple, list] = {}      # catalogue -> [the one copy, users]
+
+    def hold(self, engine: Workload | None) -> Workload | None:
+        """`engine` with its catalogues replaced by the copies held (counted once more)."""
+        if engine is None:
+            return None
+        return dataclasses.replace(engine, variants=self._take(engine.variants), encodings=self._take(engine.encodings))
+
+    def _take(self, catalogue: tuple) -> tuple:
+        entry = self._held.setdefault(catalogue, [catalogue, 0])
+        entry[1] += 1
+        return entry[0]
+
+    def release(self, engine: Workload | None) -> None:
+        for catalogue in (engine.variants, engine.encodings) if engine is not None else ():
+            entry = self._held.get(catalogue)
+            if entry is not None:
+                entry[1] -= 1
+                if entry[1] <= 0:
+                    del self._held[catalogue]
+
+    def __len__(self) -> int:
+        return len(self._held)
 
 
 def _validated(body: Mapping[str, Any]) -> tuple[InferenceWorkload | None, str, Workload | None]:
@@ -265,10 +301,13 @@ def child_view(body: Mapping[str, Any]) -> Child | None:
                      and status.get("availableReplicas", 0) >= wanted
                      and status.get("updatedReplicas", 0) >= wanted)
     owner = _owner(meta)
-    return Child(f"{meta.get('namespace')}/{owner.get('name') or workload}", body.get("apiVersion", ""),
-                 body.get("kind", ""), meta.get("namespace", ""), meta.get("name", ""),
+    name, group = meta.get("name", ""), labels.get("hetplace.io/group", "")
+    # thousands are kept: the strings many share are held once (a group is named as its objects)
+    return Child(sys.intern(f"{meta.get('namespace')}/{owner.get('name') or workload}"),
+                 sys.intern(body.get("apiVersion", "")), sys.intern(body.get("kind", "")),
+                 sys.intern(meta.get("namespace", "")), name,
                  (meta.get("annotations") or {}).get(APPLIED_HASH, ""), available,
-                 labels.get("hetplace.io/group", ""), owner.get("uid", ""),
+                 name if group == name else group, owner.get("uid", ""),
                  int((body.get("spec") or {}).get("replicas") or 0), _routes_of(body))
 
 

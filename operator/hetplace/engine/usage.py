@@ -13,8 +13,9 @@ from hetplace.engine.groups import EPS_S
 from hetplace.engine.snapshot import Encoding, LinkState, Pool, Resources, Snapshot, Workload
 
 Link = tuple[str, str]      # (site, pool)
-# what one placement is charged with: resources per pool, load per link, tolerance per link
-Charge = tuple[dict[str, Resources], dict[Link, float], dict[Link, float]]
+# what one placement is charged with: resources per pool, load per link, tolerance per link, as
+# (key, value) pairs (a ledger keeps one per placed workload: pairs take a third of what dicts take)
+Charge = tuple[tuple[tuple[str, Resources], ...], tuple[tuple[Link, float], ...], tuple[tuple[Link, float], ...]]
 
 
 def route_bytes_per_s(w: Workload, encoding: Encoding, requests_per_second: float) -> float:
@@ -114,8 +115,9 @@ class Ledger:
             return
         pools, links = taken_by(w, d)
         tolerances = tolerances_of(w, d, self.pools) if protect else {}
-        self._charged[w.key] = (pools, links, tolerances)
-        self._apply(w.key, pools, links, tolerances, 1)
+        charge = (tuple(pools.items()), tuple(links.items()), tuple(tolerances.items()))
+        self._charged[w.key] = charge
+        self._apply(w.key, *charge, 1)
 
     def remove(self, w: Workload, d: Decision | None = None) -> Charge | None:
         """Take back what `w` was charged with (as it was added, even if its spec changed since);
@@ -136,13 +138,13 @@ class Ledger:
             self._charged[w.key] = charge
             self._apply(w.key, *charge, 1)
 
-    def _apply(self, key: str, pools: Mapping[str, Resources], links: Mapping[Link, float],
-               tolerances: Mapping[Link, float], sign: int) -> None:
-        for name, resources in pools.items():
+    def _apply(self, key: str, pools: Iterable[tuple[str, Resources]], links: Iterable[tuple[Link, float]],
+               tolerances: Iterable[tuple[Link, float]], sign: int) -> None:
+        for name, resources in pools:
             self.pool_used[name] = self.pool_used[name].plus(resources.times(sign))
-        for link, rate in links.items():
+        for link, rate in links:
             self.link_load[link] += sign * rate
-        for link, tolerance in tolerances.items():
+        for link, tolerance in tolerances:
             if sign > 0:
                 self._tolerances[link][key] = tolerance
             else:

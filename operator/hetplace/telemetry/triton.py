@@ -9,11 +9,10 @@ network error: an endpoint that cannot be asked is a not-ready verdict that says
 from __future__ import annotations
 
 import http.client
+import importlib
 from dataclasses import dataclass
 from typing import Literal
 
-import tritonclient.grpc as triton_grpc
-import tritonclient.http as triton_http
 from tritonclient.utils import InferenceServerException
 
 Protocol = Literal["http", "grpc"]
@@ -143,13 +142,14 @@ class _Session:
         host, _, port = endpoint.rpartition(":")
         if not host or "/" in endpoint or not port.isdigit() or not 0 < int(port) < 65536:
             raise TritonUnavailable(UNREACHABLE, f"{self.where} is not host:port")
+        # the client of the protocol in use only, imported at its first probe (gRPC's is ~13 MB more)
+        client = importlib.import_module(f"tritonclient.{protocol}").InferenceServerClient
         try:
             if protocol == "http":      # geventhttpclient: a timeout for connecting and one for each read
-                self.client = triton_http.InferenceServerClient(endpoint, connection_timeout=timeout_s,
-                                                                network_timeout=timeout_s)
+                self.client = client(endpoint, connection_timeout=timeout_s, network_timeout=timeout_s)
                 self.deadline: dict = {}
             else:                       # gRPC: a deadline on every call
-                self.client = triton_grpc.InferenceServerClient(endpoint)
+                self.client = client(endpoint)
                 self.deadline = {"client_timeout": timeout_s}
         except (InferenceServerException, ValueError) as bad:
             raise TritonUnavailable(UNREACHABLE, f"{self.where} is not host:port: {bad}") from None
