@@ -4,7 +4,11 @@ operator's own process, and a deadline that is kept whatever the child does."""
 from __future__ import annotations
 
 import multiprocessing
+import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 from test_rebalance import four_tenants_on_a_pool_going_down
@@ -38,3 +42,46 @@ def test_a_failure_in_the_child_is_reported_not_hidden():
     with pytest.raises(PlanningFailed, match="planning failed: .*Error"):
         plan_in_child(tenants, snapshot, {"default/ranker-0": "not a running placement"}, 1000, max_moves=3,
                       time_limit_s=5, deadline_s=120)
+
+
+ORPHAN_SCRIPT = """
+import multiprocessing, sys, time
+from hetplace.controller.planner import exit_with_parent
+
+def planner():
+    exit_with_parent()
+    time.sleep(120)
+
+if __name__ == "__main__":
+    child = multiprocessing.get_context("spawn").Process(target=planner, daemon=True)
+    child.start()
+    print(child.pid, flush=True)
+    time.sleep(120)
+"""
+
+
+def _ended(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return True
+    return "\nState:\tZ" in state     # exited, not yet reaped by whoever adopted it
+
+
+def test_a_planner_ends_with_an_operator_killed_in_the_middle_of_a_plan(tmp_path):
+    script = tmp_path / "operator_like.py"
+    script.write_text(ORPHAN_SCRIPT)
+    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        child = int(parent.stdout.readline())
+        time.sleep(1.0)
+        assert not _ended(child), "the planner runs while its parent does"
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(10)
+        deadline = time.monotonic() + 10
+        while not _ended(child) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _ended(child), "the planner outlived the operator that started it"
+    finally:
+        parent.kill()
+        parent.wait(10)

@@ -11,6 +11,8 @@ The child is started with `spawn` (a fork of the multi-threaded operator could i
 from __future__ import annotations
 
 import multiprocessing
+import os
+import threading
 import time
 from multiprocessing.reduction import ForkingPickler
 from types import MappingProxyType
@@ -34,7 +36,17 @@ class PlanningFailed(RuntimeError):
     """The plan could not be made: the deadline passed, or the child failed or died."""
 
 
+def exit_with_parent() -> None:
+    """End this (child) process when its parent ends: an operator killed in the middle of a plan
+    leaves no planner running on, past the deadline nobody is left to enforce."""
+    parent = multiprocessing.parent_process()
+    if parent is not None:
+        threading.Thread(target=lambda: (parent.join(), os._exit(1)), name="hetplace parent watch",
+                         daemon=True).start()
+
+
 def _plan_in_child(conn: Any, args: tuple, kwargs: dict) -> None:
+    exit_with_parent()
     try:
         plan = plan_moves(*args, **kwargs, clock=time.monotonic)
         conn.send(("ok", (plan.moves, plan.held)))
