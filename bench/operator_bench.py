@@ -554,7 +554,9 @@ def operator_restart(sizes: list[int], setup: Setup) -> dict:
             first = bench.start_operator()
             bench.create(n)
             bench.wait_all_ready(n, first)
-            bench.cycles_after(first, 1)
+            # two: the cycle under way when the last turned Ready may have read the pools before it;
+            # the next one, begun after, publishes what the pools hold before the stop
+            bench.cycles_after(first, 2)
             mark = len(bench.cluster.emulator.api_log)
             stopping = time.perf_counter()
             first.stop()
