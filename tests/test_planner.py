@@ -4,6 +4,7 @@ operator's own process, and a deadline that is kept whatever the child does."""
 from __future__ import annotations
 
 import multiprocessing
+import os
 import signal
 import subprocess
 import sys
@@ -45,11 +46,12 @@ def test_a_failure_in_the_child_is_reported_not_hidden():
 
 
 ORPHAN_SCRIPT = """
-import multiprocessing, sys, time
+import multiprocessing, time
 from hetplace.controller.planner import exit_with_parent
 
 def planner():
     exit_with_parent()
+    print("watching", flush=True)
     time.sleep(120)
 
 if __name__ == "__main__":
@@ -72,9 +74,10 @@ def test_a_planner_ends_with_an_operator_killed_in_the_middle_of_a_plan(tmp_path
     script = tmp_path / "operator_like.py"
     script.write_text(ORPHAN_SCRIPT)
     parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    child = None
     try:
         child = int(parent.stdout.readline())
-        time.sleep(1.0)
+        assert parent.stdout.readline().strip() == "watching"
         assert not _ended(child), "the planner runs while its parent does"
         parent.send_signal(signal.SIGKILL)
         parent.wait(10)
@@ -85,3 +88,5 @@ def test_a_planner_ends_with_an_operator_killed_in_the_middle_of_a_plan(tmp_path
     finally:
         parent.kill()
         parent.wait(10)
+        if child is not None and not _ended(child):
+            os.kill(child, signal.SIGKILL)      # what a failing run left behind
