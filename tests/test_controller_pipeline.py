@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
+import sys
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -509,6 +510,26 @@ def test_validated_specs_never_hand_back_an_earlier_generation_and_keep_few_pars
     again = workload_body(generation=3)
     first = specs.of(key, again)
     assert specs.of(key, again, parsed=False) == (None, "", first[2]), "the engine's reading is kept for all"
+
+
+def test_kept_views_and_owned_objects_hold_the_names_they_share_once():
+    """Each body comes from its own JSON (as from the API): equal strings are distinct objects until kept."""
+    cluster = placed_cluster()
+    first, second = (json.loads(json.dumps(cluster.body)) for _ in range(2))
+    second["metadata"].update(name="other")
+    a, b = (workload_view(body, keep=True) for body in (first, second))
+    (group_a, *_), (group_b, *_) = a.running.groups, b.running.groups
+    route_a, route_b = group_a.routes[0], group_b.routes[0]
+    assert group_a.pool == group_b.pool and group_a.pool is group_b.pool
+    assert group_a.variant is group_b.variant and route_a.site is route_b.site
+    assert route_a.encoding is route_b.encoding and a.running.reason is b.running.reason
+    assert a.kept_status.ready_reason is b.kept_status.ready_reason
+    assert a.body["metadata"]["namespace"] is b.body["metadata"]["namespace"]
+    children = [child_view(json.loads(json.dumps(cluster._as_stored(o)))) for o in cluster.children.values()]
+    assert {c.owner_uid for c in children} == {UID}
+    assert all(c.owner_uid is a.body["metadata"]["uid"] for c in children)
+    routes = [c.routes for c in children if c.kind == "ConfigMap"][0]
+    assert routes and all(part is sys.intern(part) for route in routes for part in route)
 
 
 def test_workloads_of_one_model_share_its_catalogues_until_the_last_lets_go():

@@ -163,6 +163,26 @@ def test_a_failed_reconcile_is_tried_again_with_a_backoff():
     run(scenario)
 
 
+def test_a_workloads_lock_excludes_while_held_and_is_let_go_after():
+    async def scenario():
+        operator = standalone_operator(Recorder())
+        inside, most_inside = 0, 0
+
+        async def reconcile_of(key: str) -> None:
+            nonlocal inside, most_inside
+            async with operator.lock(key):
+                inside += 1
+                most_inside = max(most_inside, inside)
+                await asyncio.sleep(0.05)
+                inside -= 1
+
+        await asyncio.gather(*(reconcile_of("ns/w") for _ in range(3)), reconcile_of("ns/other"))
+        assert most_inside == 2         # one of ns/w at a time, beside ns/other
+        assert dict(operator.locks) == {}       # none kept for a workload nobody reconciles
+
+    run(scenario)
+
+
 class RecordingKube:
     """Answers nothing exists; records each call."""
 

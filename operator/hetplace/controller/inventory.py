@@ -116,11 +116,13 @@ class WorkloadView:
         status (`kept_status` is what the loop reads of it; what serves and what it moves to are
         `running` and `migration_target` already). A reconcile reads the object afresh."""
         meta = self.body.get("metadata") or {}
-        return dataclasses.replace(self, body={"metadata": {k: meta[k] for k in KEPT_METADATA if k in meta}},
-                                   valid=None, status=None)
+        kept = {k: sys.intern(meta[k]) if k in SHARED_METADATA and isinstance(meta[k], str) else meta[k]
+                for k in KEPT_METADATA if k in meta}
+        return dataclasses.replace(self, body={"metadata": kept}, valid=None, status=None)
 
 
 KEPT_METADATA = ("name", "namespace", "uid", "generation", "resourceVersion")
+SHARED_METADATA = ("namespace", "uid")      # held once: by many workloads, and by a workload's owned objects
 
 
 class ValidatedSpecs:
@@ -233,7 +235,7 @@ def _kept_status(status: InferenceWorkloadStatus | None) -> KeptStatus | None:
         return None
     ready = next((c for c in status.conditions if c.type == "Ready"), None)
     return KeptStatus(status.decision.at if status.decision else None,
-                      ready.status if ready else None, ready.reason if ready else "")
+                      sys.intern(ready.status) if ready else None, sys.intern(ready.reason) if ready else "")
 
 
 def _dry_run(status: InferenceWorkloadStatus) -> bool:
@@ -253,16 +255,18 @@ def _status(raw: Any) -> InferenceWorkloadStatus | None:
 def decision_from(key: str, placements: Iterable[PlacementStatus], objective: str, reason: str) -> Decision | None:
     """A decision read back from status: what the engine needs of a running placement (pools,
     variants, replicas, routes and their encodings and rates)."""
+    # one is kept per workload: the names (pools, variants, sites, encodings) thousands share are held once
     groups = tuple(
-        GroupPlan(p.pool, p.variant, p.replicas, p.cost_per_hour,
-                  tuple(RoutePlan(r.site, r.encoding, r.requests_per_second, r.predicted_latency_ms,
-                                  r.predicted_latency_ms - (r.predicted_compute_ms or 0.0),
+        GroupPlan(sys.intern(p.pool), sys.intern(p.variant), p.replicas, p.cost_per_hour,
+                  tuple(RoutePlan(sys.intern(r.site), sys.intern(r.encoding), r.requests_per_second,
+                                  r.predicted_latency_ms, r.predicted_latency_ms - (r.predicted_compute_ms or 0.0),
                                   r.predicted_compute_ms or 0.0, 0.0)
                         for r in p.routes))
         for p in placements)
     if not groups:
         return None
-    return Decision(key, True, objective, sum(g.cost_per_hour for g in groups), groups, (), reason, "status")
+    return Decision(key, True, sys.intern(objective), sum(g.cost_per_hour for g in groups), groups, (),
+                    sys.intern(reason), "status")
 
 
 @dataclass(frozen=True, slots=True)
@@ -307,7 +311,7 @@ def child_view(body: Mapping[str, Any]) -> Child | None:
                  sys.intern(body.get("apiVersion", "")), sys.intern(body.get("kind", "")),
                  sys.intern(meta.get("namespace", "")), name,
                  (meta.get("annotations") or {}).get(APPLIED_HASH, ""), available,
-                 name if group == name else group, owner.get("uid", ""),
+                 name if group == name else sys.intern(group), sys.intern(owner.get("uid", "")),
                  int((body.get("spec") or {}).get("replicas") or 0), _routes_of(body))
 
 
@@ -318,7 +322,7 @@ def _routes_of(body: Mapping[str, Any]) -> tuple[tuple[str, str, str, str], ...]
     for site, raw in sorted((body.get("data") or {}).items()):
         try:
             route = json.loads(raw)
-            found.append((site, str(route["pool"]), str(route["variant"]), str(route["encoding"])))
+            found.append(tuple(sys.intern(str(v)) for v in (site, route["pool"], route["variant"], route["encoding"])))
         except (ValueError, KeyError, TypeError):
             continue        # not one of ours (or hand-edited): it tells nothing
     return tuple(found)

@@ -10,6 +10,7 @@ import dataclasses
 import logging
 import threading
 import time
+import weakref
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable, Mapping
@@ -92,7 +93,8 @@ class Operator:
     link_telemetry: Any = None
     service_telemetry: ServiceTimeTelemetry | None = None
     site_telemetry: SiteTelemetry | None = None
-    locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+    # a lock per workload while someone holds or waits for it (10,000 idle locks were ~3 MB)
+    locks: weakref.WeakValueDictionary[str, asyncio.Lock] = field(default_factory=weakref.WeakValueDictionary)
     fleet: FleetLedger = field(init=False)
     specs: ValidatedSpecs = field(default_factory=ValidatedSpecs)
     available: dict[tuple[str, str], bool] = field(default_factory=dict)   # Deployment -> available, as last seen
@@ -238,7 +240,10 @@ class Operator:
             self.queue.add(key)
 
     def lock(self, key: str) -> asyncio.Lock:
-        return self.locks.setdefault(key, asyncio.Lock())
+        lock = self.locks.get(key)
+        if lock is None:
+            lock = self.locks[key] = asyncio.Lock()
+        return lock
 
     # ---- one workload ---------------------------------------------------------------------------
     async def reconcile(self, body: Mapping[str, Any], planned: Planned | None = None) -> Outcome | None:
