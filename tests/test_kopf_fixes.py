@@ -83,3 +83,19 @@ def test_another_kopf_version_is_left_as_it_is(monkeypatch, caplog):
     assert not kopf_fixes.apply()
     assert aiotoggles.ToggleSet.drop_toggle is original
     assert "1.46.0" in caplog.text
+
+
+def test_every_object_kopf_sees_gets_the_operators_one_memo():
+    """kopf copies the operator's memo for each object it sees (ResourceMemories.recall); hetplace's
+    memo copies to itself, so 40,000 watched objects do not each hold a copy."""
+    from kopf._core.reactor.inventory import ResourceMemories
+
+    from hetplace.controller.handlers import SharedMemo
+
+    async def recall_two():
+        memo, memories = SharedMemo(operator="the operator"), ResourceMemories()
+        seen = [await memories.recall({"metadata": {"uid": uid}}, memobase=memo) for uid in ("a", "b")]
+        return memo, [m.memo for m in seen]
+
+    memo, given = asyncio.run(recall_two())
+    assert all(m is memo for m in given) and given[0].operator == "the operator"

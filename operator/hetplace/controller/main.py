@@ -15,7 +15,7 @@ import prometheus_client
 
 from hetplace.config import Settings
 from hetplace.controller import kopf_fixes
-from hetplace.controller.handlers import kopf_settings, make_registry
+from hetplace.controller.handlers import SharedMemo, kopf_settings, make_registry
 from hetplace.controller.leader import peering_objects
 from hetplace.controller.runtime import Operator
 from hetplace.k8s.client import Kube
@@ -69,7 +69,7 @@ def run(settings: Settings, *, priority: int | None = None, standalone: bool = F
     async def operate() -> None:
         operator.stop_flag = asyncio.Event()        # set by the operator itself to restart afresh
         await kopf.operator(
-            registry=make_registry(), settings=kopf_settings(settings), memo=kopf.Memo(operator=operator),
+            registry=make_registry(), settings=kopf_settings(settings), memo=SharedMemo(operator=operator),
             identity=identity, priority=priority, standalone=standalone,
             peering_name=None if standalone else settings.peering_name,
             clusterwide=not settings.watch_namespaces, namespaces=settings.watch_namespaces,
