@@ -11,11 +11,13 @@ import dataclasses
 import math
 
 import pytest
+import scipy.optimize
 import reference_fleet
 from builders import a_pool, a_workload
 
 from hetplace.engine import Snapshot, solve
 from hetplace.engine.from_api import pool_from_spec, workload_from_spec
+from hetplace.engine import fleet_milp
 from hetplace.engine.fleet import place_fleet, place_in_order, place_one
 from hetplace.engine.usage import Ledger
 
@@ -211,3 +213,60 @@ def test_a_workload_with_more_sites_than_the_exact_search_takes_still_leaves_roo
         pools.append(engine_pool(builder))
     plan = place_fleet([engine_workload(wide), engine_workload(pinned)], Snapshot(tuple(pools)))
     assert plan.placed == 2
+
+
+class RecordedMilp:
+    """scipy's milp as fleet_milp calls it, each call recorded (integral or not, its rows); `lp_status`
+    stands in for the answer of the LP relaxation when set."""
+
+    def __init__(self, lp_status: int | None = None) -> None:
+        self.calls: list[tuple[bool, list]] = []
+        self.lp_status = lp_status
+
+    def __call__(self, c, integrality=None, bounds=None, constraints=None, options=None):
+        integral = bool(integrality is not None and integrality.any())
+        self.calls.append((integral, list(constraints)))
+        if not integral and self.lp_status is not None:
+            return scipy.optimize.OptimizeResult(status=self.lp_status, x=None, fun=None,
+                                                 message="time limit (recorded)")
+        return scipy.optimize.milp(c, integrality=integrality, bounds=bounds, constraints=constraints,
+                                   options=options)
+
+
+def conflicting_fleet():
+    for seed in range(1000, 1040):
+        workloads, snap = reference_fleet.small_fleet(seed, require_conflict=True)
+        if reference_fleet.fleet_optimum(workloads, snap) is not None:
+            return workloads, snap
+    raise AssertionError("no conflicting fleet with a placement among the seeds")
+
+
+def test_a_large_fleets_milp_gets_no_row_over_every_column(monkeypatch):
+    """HiGHS's MIP presolve ignores the time limit on a cutoff row over all of a large model's
+    columns (minutes on 370,000); a fleet above RELAX_AND_FIX_PIECES is solved without one."""
+    workloads, snap = conflicting_fleet()
+    recorded = RecordedMilp()
+    monkeypatch.setattr(fleet_milp, "milp", recorded)
+    monkeypatch.setattr(fleet_milp, "RELAX_AND_FIX_PIECES", 0)     # any fleet is large
+    plan = place_fleet(workloads, snap, mip_rel_gap=1e-9)
+    assert plan.placed == len(workloads)
+    integral = [rows for is_integral, rows in recorded.calls if is_integral]
+    assert len(integral) >= 2, "relax-and-fix and the whole MILP ran"
+    model_rows = integral[0][0].A.shape[0]
+    assert all(len(rows) == 1 and rows[0].A.shape[0] == model_rows for rows in integral)
+
+    recorded.calls.clear()
+    monkeypatch.setattr(fleet_milp, "RELAX_AND_FIX_PIECES", 10**9)  # small again: cut off at the best so far
+    place_fleet(workloads, snap, mip_rel_gap=1e-9)
+    assert any(len(rows) == 2 for is_integral, rows in recorded.calls if is_integral)
+
+
+def test_a_large_fleet_whose_lp_runs_out_of_time_gets_no_whole_milp(monkeypatch):
+    """The whole MILP's root is the LP that just ran out of time: the greedy (repaired) stands."""
+    workloads, snap = conflicting_fleet()
+    recorded = RecordedMilp(lp_status=1)
+    monkeypatch.setattr(fleet_milp, "milp", recorded)
+    monkeypatch.setattr(fleet_milp, "RELAX_AND_FIX_PIECES", 0)
+    plan = place_fleet(workloads, snap, mip_rel_gap=1e-9)
+    assert recorded.calls and not any(integral for integral, _ in recorded.calls)
+    assert plan.method == "greedy" and plan.placed >= 1
