@@ -6,14 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import platform
 import threading
 import time
 
 import pytest
 
 from hetplace.config import Settings
-from hetplace.controller import runtime
 from hetplace.controller.runtime import Operator, in_daemon_thread
 from hetplace.metrics import OperatorMetrics
 
@@ -85,27 +83,6 @@ def test_the_loop_waits_for_the_indexes_to_be_full():
             await until(lambda: recorder.cycles == 1 and recorder.polls >= 3)
 
     run(scenario)
-
-
-def test_each_rebalance_cycle_ends_by_giving_free_memory_back(monkeypatch):
-    """What a cycle built for the whole fleet and dropped goes back to the system, failed cycle or not."""
-    given_back = []
-    monkeypatch.setattr(runtime, "give_back_free_memory", lambda: given_back.append(time.monotonic()))
-    recorder = Recorder()
-
-    async def failing_rebalance():
-        recorder.cycles += 1
-        raise RuntimeError("the cycle failed")
-
-    async def scenario():
-        operator = standalone_operator(recorder, rebalance_interval_s=1)
-        operator.rebalance = failing_rebalance
-        async with looping(operator):
-            await until(lambda: recorder.cycles >= 2 and len(given_back) >= 2)
-
-    run(scenario)
-    if platform.libc_ver()[0] == "glibc":       # the real one asks glibc (malloc_trim)
-        assert runtime.MALLOC_TRIM is not None
 
 
 def test_a_long_rebalance_cycle_does_not_hold_up_the_moves_under_way():

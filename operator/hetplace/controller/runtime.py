@@ -6,7 +6,6 @@ are `k8s.client`; this file orders them, holds the per-workload locks and counts
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import dataclasses
 import logging
 import threading
@@ -71,26 +70,6 @@ API_VERSION = "hetplace.io/v1alpha1"
 RECONCILE_WORKERS = 8
 RESUMED = ("taking over after a pause: restarting to read the cluster afresh (kopf's indexes are not "
            "refreshed while paused)")
-
-
-def _malloc_trim() -> Callable[[int], int] | None:
-    try:
-        return ctypes.CDLL(None).malloc_trim      # glibc's
-    except (AttributeError, OSError):
-        return None
-
-
-MALLOC_TRIM = _malloc_trim()
-
-
-def give_back_free_memory() -> bool:
-    """Hand the C allocator's free pages back to the system, where it is glibc (elsewhere nothing);
-    whether it was asked. A rebalance cycle builds the whole fleet's picture and the planner's
-    arguments and drops them; glibc keeps what they freed in its per-thread arenas otherwise."""
-    if MALLOC_TRIM is None:
-        return False
-    MALLOC_TRIM(0)
-    return True
 
 
 def utc_now() -> datetime:
@@ -643,8 +622,6 @@ class Operator:
             log.warning("rebalance cycle: %s", failed)
         except Exception:
             log.exception("rebalance cycle failed")
-        finally:
-            await asyncio.to_thread(give_back_free_memory)
 
 
 async def in_daemon_thread(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
