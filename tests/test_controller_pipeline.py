@@ -522,7 +522,7 @@ def test_kept_views_and_owned_objects_hold_the_names_they_share_once():
     route_a, route_b = group_a.routes[0], group_b.routes[0]
     assert group_a.pool == group_b.pool and group_a.pool is group_b.pool
     assert group_a.variant is group_b.variant and route_a.site is route_b.site
-    assert route_a.encoding is route_b.encoding and a.running.reason is b.running.reason
+    assert route_a.encoding is route_b.encoding
     assert a.kept_status.ready_reason is b.kept_status.ready_reason
     assert a.body["metadata"]["namespace"] is b.body["metadata"]["namespace"]
     children = [child_view(json.loads(json.dumps(cluster._as_stored(o)))) for o in cluster.children.values()]

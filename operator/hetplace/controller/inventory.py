@@ -266,7 +266,7 @@ def decision_from(key: str, placements: Iterable[PlacementStatus], objective: st
     if not groups:
         return None
     return Decision(key, True, sys.intern(objective), sum(g.cost_per_hour for g in groups), groups, (),
-                    sys.intern(reason), "status")
+                    reason, "status")
 
 
 @dataclass(frozen=True, slots=True)

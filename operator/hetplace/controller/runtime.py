@@ -240,6 +240,8 @@ class Operator:
             self.queue.add(key)
 
     def lock(self, key: str) -> asyncio.Lock:
+        """The workload's lock, for `async with` only: it is kept while referenced, so a caller must
+        hold the object from acquire to release (as `async with` does)."""
         lock = self.locks.get(key)
         if lock is None:
             lock = self.locks[key] = asyncio.Lock()

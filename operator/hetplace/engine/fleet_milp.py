@@ -483,7 +483,8 @@ class _Model:
         Above RELAX_AND_FIX_PIECES the LP relaxation is solved first, every workload it places
         integrally is fixed there and the MILP decides the contested ones (most of a large fleet
         is not contested); `repair` then places what that left out where it still fits. Then, with
-        time left, the whole MILP cut off at the best so far improves on it or proves it.
+        time left, the whole MILP (cut off at the best so far, for a model that is not large)
+        improves on it or proves it.
 
         A large model gets no cutoff row: a row over every column sends HiGHS's MIP presolve
         (dominatedColumns) into work that does not look at the time limit — seen running > 12 min
@@ -517,7 +518,7 @@ class _Model:
                          constraints=self._rows(c, None, None if large else best_value),
                          options={"time_limit": max(0.1, left()), "mip_rel_gap": mip_rel_gap})
             dual = getattr(whole, "mip_dual_bound", None)
-            if whole.status == 2:            # nothing better under the cutoff: the best so far is optimal
+            if whole.status == 2 and not large:     # nothing better under the cutoff: the best so far is optimal
                 bound = max(bound, best_value)
                 method = "milp"
             elif whole.x is not None and whole.status in (0, 1):
