@@ -33,7 +33,7 @@ from pathlib import Path
 import yaml
 from kube.catalogue import all_test_crds
 from kube.cluster import EmulatedCluster
-from test_operator import OperatorProcess
+from operator_process import OperatorProcess
 
 ROOT = Path(__file__).resolve().parents[1]
 FACTORY = ROOT / "manifests" / "examples" / "factory"

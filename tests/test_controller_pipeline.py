@@ -548,3 +548,104 @@ def test_workloads_of_one_model_share_its_catalogues_until_the_last_lets_go():
     assert len(specs._catalogues) == 2 and specs.of("factory/defect-detector", edited)[2] is c
     specs.forget("factory/defect-detector")
     assert len(specs._catalogues) == 0
+
+
+# ---- convergence and healing (what runs is charged, status honest, drift re-applied) -----------------
+
+def _refused_edit(cluster: Cluster) -> dict:
+    """The placed workload after an edit no placement can meet (999,999 req/s at a 0.01 ms SLO)."""
+    body = copy.deepcopy(cluster.body)
+    body["metadata"]["generation"] = 2
+    body["spec"]["slo"]["latencyMs"] = 0.01
+    body["spec"]["traffic"] = [{"site": "factory-eu-1", "requestsPerSecond": 999_999},
+                               {"site": "cloud-eu", "requestsPerSecond": 999_999}]
+    refused = Cluster(body)
+    refused.cycle(T0 + timedelta(minutes=1))
+    assert refused.body["status"]["phase"] == "Infeasible", "the edit is refused; what ran keeps running"
+    return refused.body
+
+
+@pytest.mark.parametrize("seen_placed_first", [True, False],
+                         ids=["the index saw the placed spec before the refused edit",
+                              "the refused edit is the first the operator sees of it (after a restart)"])
+def test_a_refused_edit_is_charged_what_runs_not_what_it_asks(seen_placed_first):
+    from hetplace.controller.fleet_ledger import FleetLedger
+    from hetplace.controller.reconcile import engine_workload
+
+    cluster = placed_cluster()
+    to_engine = lambda v: engine_workload(v, Telemetry())     # noqa: E731
+    picture = cluster.picture()
+    placed = FleetLedger(to_engine)
+    placed.update(workload_view(cluster.body))
+    expected = choose(_newcomer(cluster, "probe"), picture, Telemetry(), T0, placed)
+    assert expected.verdict == "move", "a newcomer fits beside what runs"
+
+    fleet = FleetLedger(to_engine)
+    if seen_placed_first:
+        fleet.update(workload_view(cluster.body))
+    fleet.update(workload_view(_refused_edit(cluster)))
+    beside = choose(_newcomer(cluster, "probe"), picture, Telemetry(), T0, fleet)
+    assert beside.verdict == "move", beside.reason
+    assert beside.target.fingerprint() == expected.target.fingerprint()
+
+
+def test_a_placement_on_a_deleted_pool_is_reported_as_such():
+    cluster = placed_cluster()
+    cluster.pools = {}                          # every ComputePool deleted
+    outcome = cluster.cycle(T0 + timedelta(minutes=1))
+    status = cluster.body["status"]
+    assert status["phase"] == "Degraded"
+    assert [(p["pool"], p.get("poolDeleted")) for p in status["placements"]] == [("cpu-cloud-eu", True)]
+    placed = condition(cluster, "Placed")
+    assert (placed["status"], placed["reason"]) == ("False", "PoolDeleted")
+    assert "ComputePool cpu-cloud-eu deleted" in placed["message"]
+    assert [(n.type, n.reason) for n in outcome.events] == [("Warning", "PoolDeleted")]
+    assert outcome.apply == () and outcome.delete == (), "what runs there is left running"
+
+
+@pytest.mark.parametrize("edit, field", [
+    (lambda d: d["spec"].update(replicas=0), "spec.replicas was 0 (hetplace applies 3)"),
+    (lambda d: d["spec"]["template"]["spec"]["containers"][0].update(image="evil/triton:1"),
+     "spec.template.spec.containers[triton].image was \"evil/triton:1\""),
+    (lambda d: d["metadata"]["labels"].pop("hetplace.io/pool"), "metadata.labels.hetplace.io/pool was absent"),
+], ids=["a Deployment scaled to 0", "a Deployment whose image was changed", "a label hetplace set removed"])
+def test_an_owned_object_someone_changed_is_applied_again_with_an_event(edit, field):
+    cluster = placed_cluster()
+    name = "defect-detector-cpu-cloud-eu-openvino-int8"
+    live = copy.deepcopy(cluster.children[("Deployment", name)])
+    edit(live)
+    picture = cluster.picture()
+    view = picture.workloads["factory/defect-detector"]
+    choice = choose(view, picture, Telemetry(), T0)
+    ready, why = deployments_ready(view, choice, picture)
+    outcome = converge(view, choice, picture, Telemetry(), ready, T0, move_timeout_s=600, image="triton:test",
+                       waiting=why, live={("Deployment", name): live})
+    assert [o["metadata"]["name"] for o in outcome.apply] == [name]
+    ((kind, reason, message),) = [(n.type, n.reason, n.message) for n in outcome.events]
+    assert (kind, reason) == ("Warning", "DriftCorrected") and f"Deployment {name}: " in message and field in message
+    untouched = converge(view, choice, picture, Telemetry(), ready, T0, move_timeout_s=600, image="triton:test",
+                         waiting=why, live={("Deployment", name): cluster.children[("Deployment", name)]})
+    assert untouched.apply == () and untouched.events == (), "an object as applied is not applied again"
+
+
+def test_an_owned_object_someone_deleted_is_created_again_with_an_event():
+    cluster = placed_cluster()
+    picture = cluster.picture()
+    view = picture.workloads["factory/defect-detector"]
+    choice = choose(view, picture, Telemetry(), T0)
+    ready, why = deployments_ready(view, choice, picture)
+    picture.children = {k: tuple(c for c in v if c.kind != "ConfigMap") for k, v in picture.children.items()}
+    outcome = converge(view, choice, picture, Telemetry(), ready, T0, move_timeout_s=600, image="triton:test",
+                       waiting=why, live={("ConfigMap", "defect-detector-routes"): None})
+    assert [o["kind"] for o in outcome.apply] == ["ConfigMap"]
+    assert [(n.reason, n.message) for n in outcome.events] == [
+        ("DriftCorrected", "ConfigMap defect-detector-routes was deleted: re-created")]
+
+
+def test_a_deployment_scaled_to_zero_is_not_available():
+    deployment = {"apiVersion": "apps/v1", "kind": "Deployment",
+                  "metadata": {"name": "d", "namespace": "factory", "generation": 2,
+                               "labels": {"hetplace.io/workload": "defect-detector"}},
+                  "spec": {"replicas": 0},
+                  "status": {"observedGeneration": 2, "replicas": 0}}
+    assert child_view(deployment).available is False

@@ -195,6 +195,7 @@ class RecordingKube:
 
     def apply(self, obj):
         self.calls.append(("apply", obj["metadata"]["name"]))
+        return obj          # as the API answers an apply: the object it stores
 
 
 def test_an_object_the_index_shows_this_workload_controls_is_applied_without_asking_who_holds_it():

@@ -75,6 +75,8 @@ class PlacementStatus(StatusModel):
     """Name of the Triton Deployment."""
     service: str = ""
     """Name of the Service in front of it."""
+    pool_deleted: bool | None = None
+    """True when its ComputePool was deleted: the group runs on, unmanaged, until a placement elsewhere is ready."""
     routes: list[RouteStatus] = Field(default_factory=list, json_schema_extra=list_map("site"))
 
 

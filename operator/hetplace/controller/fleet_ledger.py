@@ -12,12 +12,13 @@ is done or has failed; until then the decision is what the workload holds.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from typing import Callable
 
 from hetplace.controller.inventory import WorkloadView
 from hetplace.engine.decision import Decision
-from hetplace.engine.snapshot import Pool, Snapshot, Workload
+from hetplace.engine.snapshot import Pool, Snapshot, Traffic, Workload
 from hetplace.engine.usage import Ledger
 
 
@@ -36,29 +37,41 @@ class FleetLedger:
         self._pools: tuple[Pool, ...] | None = None
         self._ledger: Ledger | None = None
 
-    def update(self, view: WorkloadView) -> None:
-        """Charge what `view` holds now: the placement it is bringing up, else the one serving. A
-        refused spec keeps the charge of the last accepted one (what runs still runs)."""
+    def update(self, view: WorkloadView) -> bool:
+        """Charge what `view` holds now: the placement it is bringing up, else the one serving. True
+        when what it holds changed or was let go (others refused before may fit now).
+
+        A placement is charged with the spec it was placed for: a spec that was refused (invalid,
+        or infeasible: 999,999 req/s, a 0.01 ms SLO) or not decided yet runs nothing of what it asks,
+        so it keeps the charge of the last spec placed; read first after a restart, what runs is
+        charged at the rates its status gives, protected at the latencies it was predicted."""
         held = view.migration_target or view.running
         uid = (view.body.get("metadata") or {}).get("uid", "")
         with self.lock:
             if uid in self._gone:
-                return
+                return False
+            before = self._held.get(view.key)
+            same_uid = before is not None and (before[0].body.get("metadata") or {}).get("uid") == uid
             if held is None:
-                before = self._held.get(view.key)
                 if (before is not None and view.kept_status is None and before[0].generation == view.generation
-                        and (before[0].body.get("metadata") or {}).get("uid") == uid):
-                    return      # an event from before the operator's own status write, delivered after it
+                        and same_uid):
+                    return False    # an event from before the operator's own status write, delivered after it
                 self._drop(view.key)
-                return
-            if not view.accepted:
-                if view.key not in self._held:
-                    return
-                view = self._held[view.key][0]
-            w = self.to_engine(view)
+                return before is not None
+            placed_as_is = view.accepted and (view.kept_status is None or view.kept_status.placed_at(view.generation))
+            if placed_as_is:
+                w = self.to_engine(view)
+            elif before is not None and same_uid and before[2].fingerprint() == held.fingerprint():
+                view, w = before[0], self.to_engine(before[0])      # the spec that was placed
+            elif view.accepted:
+                view = dataclasses.replace(view, engine=as_running(view.engine, held))
+                w = self.to_engine(view)
+            else:
+                return False        # nothing known of what it runs: a reconcile reads it afresh
             self._held[view.key] = (view, w, held)
             if view.key not in self._pending:       # a decision being written stays charged until settled
                 self._charge(w, held)
+            return before is None or before[2].fingerprint() != held.fingerprint()
 
     def charge(self, key: str, w: Workload, decision: Decision) -> None:
         """Charge a decision just made, before its status is written (see the module's note)."""
@@ -120,3 +133,15 @@ class FleetLedger:
         """Rebuild at the next decision (the links or the latency corrections changed)."""
         with self.lock:
             self._ledger = None
+
+
+def as_running(w: Workload, running: Decision) -> Workload:
+    """`w` with the traffic its running placement serves (its status' route rates), and an SLO no
+    tighter than the latency predicted for those routes: the spec asks for something else, but
+    what runs takes what it was placed with."""
+    rates: dict[str, float] = {}
+    for g in running.groups:
+        for r in g.routes:
+            rates[r.site] = rates.get(r.site, 0.0) + r.requests_per_second
+    return dataclasses.replace(w, traffic=tuple(Traffic(site, rps) for site, rps in sorted(rates.items())),
+                               slo_latency_ms=max(w.slo_latency_ms, running.worst_latency_ms))

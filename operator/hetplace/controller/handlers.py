@@ -109,18 +109,31 @@ def make_registry() -> kopf.OperatorRegistry:
         elif memo.operator.wants_a_look(key, body, listed=type is None):
             memo.operator.queue.add(key)
 
-    async def owned(body: kopf.Body, **_: Any) -> dict:
-        child = child_view(dict(body))
-        return {child.workload: child} if child is not None else {}
+    def owned(plural: str):
+        async def index(body: kopf.Body, memo: kopf.Memo, **_: Any) -> dict:
+            child = child_view(dict(body))
+            if child is None:
+                return {}
+            memo.operator.child_seen(plural, child)      # before the index replaces what it held
+            return {child.workload: child}
+        return index
+
+    async def owned_gone(type: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+        if type == "DELETED" and (child := child_view(dict(body))) is not None:
+            memo.operator.child_gone(child)
 
     for plural, group in (("deployments", "apps"), ("services", ""), ("configmaps", "")):
-        kopf.index(group, "v1", plural, labels=MANAGED, registry=registry, id=plural)(owned)
+        kopf.index(group, "v1", plural, labels=MANAGED, registry=registry, id=plural)(owned(plural))
+    for plural in ("services", "configmaps"):
+        kopf.on.event("", "v1", plural, labels=MANAGED, registry=registry, id=f"{plural[:-1]}-gone")(owned_gone)
 
     @kopf.on.event("apps", "v1", "deployments", labels=MANAGED, registry=registry, id="deployment-changed")
     async def deployment_changed(type: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
         child = child_view(dict(body))
         if child is None:
             return
+        if type == "DELETED":
+            memo.operator.child_gone(child)
         changed = memo.operator.availability_changed(child, gone=type == "DELETED")
         if changed and type is not None:        # a listing (start, watch renewed): resuming looks at the workload
             memo.operator.progress(child.workload)

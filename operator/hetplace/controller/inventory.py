@@ -19,6 +19,7 @@ from hetplace.api.load import validate_manifest
 from hetplace.api.models import ComputePool, InferenceWorkload, InferenceWorkloadStatus
 from hetplace.api.quantity import parse_cpu, parse_memory
 from hetplace.api.status import PlacementStatus
+from hetplace.controller.drift import content_digest
 from hetplace.engine.decision import Decision, GroupPlan, RoutePlan
 from hetplace.engine.from_api import pool_from_spec, workload_from_spec
 from hetplace.engine.snapshot import Pool, Resources, Workload
@@ -76,6 +77,17 @@ class KeptStatus:
     decided_at: datetime | None
     ready: str | None = None            # the Ready condition's status ("True", "False"), None without one
     ready_reason: str = ""
+    phase: str | None = None            # status.phase, as written
+    observed_generation: int | None = None
+
+    def refused_at(self, generation: int) -> bool:
+        """The spec of `generation` was decided and could not be placed as asked (Infeasible, or
+        Degraded: what runs is not what it asks): it waits for something to change."""
+        return self.observed_generation == generation and self.phase in ("Infeasible", "Degraded")
+
+    def placed_at(self, generation: int) -> bool:
+        """What runs (or is being brought up) was decided for the spec of `generation`."""
+        return self.observed_generation == generation and self.phase in ("Placed", "Migrating")
 
     @property
     def bringing_up(self) -> bool:
@@ -235,7 +247,8 @@ def _kept_status(status: InferenceWorkloadStatus | None) -> KeptStatus | None:
         return None
     ready = next((c for c in status.conditions if c.type == "Ready"), None)
     return KeptStatus(status.decision.at if status.decision else None,
-                      sys.intern(ready.status) if ready else None, sys.intern(ready.reason) if ready else "")
+                      sys.intern(ready.status) if ready else None, sys.intern(ready.reason) if ready else "",
+                      sys.intern(str(status.phase)) if status.phase else None, status.observed_generation)
 
 
 def _dry_run(status: InferenceWorkloadStatus) -> bool:
@@ -285,6 +298,7 @@ class Child:
     owner_uid: str = ""
     replicas: int = 0                                   # a Deployment's spec.replicas
     routes: tuple[tuple[str, str, str, str], ...] = ()  # the routes ConfigMap: (site, pool, variant, encoding)
+    content: int = 0                                    # digest of what hetplace applies there (drift.py)
 
     def owned_by(self, uid: str | None) -> bool:
         """Whether the workload with `uid` controls it (labels alone can be copied by anyone)."""
@@ -300,7 +314,8 @@ def child_view(body: Mapping[str, Any]) -> Child | None:
     available = False
     if body.get("kind") == "Deployment":
         status, spec = body.get("status") or {}, body.get("spec") or {}
-        wanted = spec.get("replicas", 1)
+        # hetplace never runs a group at 0 replicas: one scaled to 0 serves nothing, so it is not available
+        wanted = max(1, spec.get("replicas", 1))
         available = (status.get("observedGeneration", 0) >= meta.get("generation", 1)
                      and status.get("availableReplicas", 0) >= wanted
                      and status.get("updatedReplicas", 0) >= wanted)
@@ -312,7 +327,7 @@ def child_view(body: Mapping[str, Any]) -> Child | None:
                  sys.intern(meta.get("namespace", "")), name,
                  (meta.get("annotations") or {}).get(APPLIED_HASH, ""), available,
                  name if group == name else sys.intern(group), sys.intern(owner.get("uid", "")),
-                 int((body.get("spec") or {}).get("replicas") or 0), _routes_of(body))
+                 int((body.get("spec") or {}).get("replicas") or 0), _routes_of(body), content_digest(body))
 
 
 def _routes_of(body: Mapping[str, Any]) -> tuple[tuple[str, str, str, str], ...]:

@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import Literal, Mapping
 
 from hetplace.api.status import Phase
+from hetplace.controller.drift import describe, differences
 from hetplace.controller.fleet_ledger import FleetLedger
 from hetplace.controller.inventory import Child, Picture, WorkloadView, with_applied_hash
 from hetplace.controller.moves import GroupKey, InFlight, Step, advance, names_of
@@ -167,14 +168,17 @@ def _on(decision: Decision, pools: set[str]) -> bool:
 def converge(view: WorkloadView, choice: Choice, picture: Picture, telemetry: Telemetry,
              ready: Mapping[GroupKey, bool], now: datetime, *, move_timeout_s: float, image: str,
              dry_run: bool = False, waiting: Mapping[GroupKey, str] | None = None,
-             drain_s: float = 0.0) -> Outcome:
+             drain_s: float = 0.0, live: Mapping[tuple[str, str], Mapping | None] | None = None) -> Outcome:
     """The step a choice leads to now, given which groups are ready (and, for those not, why).
+    `live`: owned objects someone else changed or deleted, as the API holds them now (None:
+    deleted); each one wanted is applied again where it differs from what hetplace applies.
 
     Only the groups of the target are (re-)rendered; a group only the running placement has is
     left exactly as it runs (its variant may even be gone from the spec) until it is deleted, and
     nothing hetplace owns is deleted before everything it runs in this step is ready."""
+    deleted = _deleted_pools(view, picture)
     if choice.verdict in ("invalid", "infeasible"):
-        return _refused(view, choice, telemetry, now)
+        return _refused(view, choice, telemetry, now, deleted)
     workload = view.valid
     # while the groups left behind drain, the move is still from them
     running = view.leaving if view.leaving is not None and view.migration_target is not None else view.running
@@ -201,10 +205,12 @@ def converge(view: WorkloadView, choice: Choice, picture: Picture, telemetry: Te
                  if k not in target_keys or k[0] not in picture.pools}
     uid = (view.body.get("metadata") or {}).get("uid")
     owned = {(c.kind, c.name): c for c in picture.children.get(view.key, ()) if c.owned_by(uid)}
+    drifted = _drifted(desired, owned, live or {})
     apply = tuple(o for o in desired
                   if owned.get((o["kind"], o["metadata"]["name"])) is None
                   or owned[(o["kind"], o["metadata"]["name"])].applied_hash
-                  != o["metadata"]["annotations"]["hetplace.io/applied-hash"])
+                  != o["metadata"]["annotations"]["hetplace.io/applied-hash"]
+                  or (o["kind"], o["metadata"]["name"]) in drifted)
     wanted = {(o["kind"], o["metadata"]["name"]) for o in desired} | {
         (kind, name) for name in untouched for kind in ("Deployment", "Service")}
     dropped = {group_name(workload.metadata.name, *k) for k in step.delete}
@@ -238,10 +244,26 @@ def converge(view: WorkloadView, choice: Choice, picture: Picture, telemetry: Te
         moving_to=choice.target if moving else None, move_started=choice.started if moving else None,
         routes_switched=(view.routes_switched or now) if step.reason == "Draining" else None,
         leaving=running if step.reason == "Draining" else None,
-        observed_ms=telemetry.route_latency_ms.get(view.key)).wire()
-    events = _move_events(choice, step, view)
+        observed_ms=telemetry.route_latency_ms.get(view.key), deleted_pools=deleted).wire()
+    events = _move_events(choice, step, view) + (() if dry_run else tuple(
+        Note("Warning", "DriftCorrected", message) for _, message in sorted(drifted.items())))
     return Outcome(apply, delete, _changed(view, status), events,
                    "moving" if moving else ("unchanged" if choice.verdict == "keep" else "placed"), serving)
+
+
+def _drifted(desired: list[dict], owned: Mapping[tuple[str, str], Child],
+             live: Mapping[tuple[str, str], Mapping | None]) -> dict[tuple[str, str], str]:
+    """Of the objects wanted as they are, those someone else deleted or changed, with what changed."""
+    found = {}
+    for o in desired:
+        key = (o["kind"], o["metadata"]["name"])
+        if key not in live:
+            continue
+        if live[key] is None:
+            found[key] = f"{key[0]} {key[1]} was deleted: re-created"
+        elif (changed := differences(o, live[key])):
+            found[key] = describe(*key, changed)
+    return found
 
 
 def _sizes(decision: Decision) -> dict[GroupKey, int]:
@@ -274,13 +296,20 @@ def _move_events(choice: Choice, step: Step, view: WorkloadView) -> tuple[Note, 
     return tuple(notes)
 
 
-def _refused(view: WorkloadView, choice: Choice, telemetry: Telemetry, now: datetime) -> Outcome:
-    """Invalid spec or no feasible placement: what runs keeps running, and status says why."""
+def _refused(view: WorkloadView, choice: Choice, telemetry: Telemetry, now: datetime,
+             deleted: frozenset[str] = frozenset()) -> Outcome:
+    """Invalid spec or no feasible placement: what runs keeps running, and status says why. What
+    runs on a ComputePool that was deleted runs on unmanaged: phase Degraded, Placed=False."""
     keeping = (f"; {', '.join(f'{g.pool}/{g.variant}' for g in view.running.groups)} keeps serving"
                if view.running is not None else "")
     if choice.verdict == "invalid":
         phase, reason = Phase.INVALID, "InvalidSpec"
         observed = {"Valid": Observed(False, reason, choice.reason + keeping)}
+    elif deleted:
+        phase, reason = Phase.DEGRADED, "PoolDeleted"
+        observed = {"Valid": Observed(True, "Valid", "spec accepted"),
+                    "Placed": Observed(False, reason, _pools_deleted(view, deleted) +
+                                       f"; no placement meets the spec: {choice.reason}")}
     else:
         phase, reason = Phase.INFEASIBLE, "Infeasible"
         observed = {"Valid": Observed(True, "Valid", "spec accepted"),
@@ -292,7 +321,8 @@ def _refused(view: WorkloadView, choice: Choice, telemetry: Telemetry, now: date
     name = (view.body.get("metadata") or {}).get("name", "")
     previous = view.status
     status = workload_status(name, view.generation, view.running, phase, now, observed, previous=previous,
-                             decided_at=previous.decision.at if previous and previous.decision else now).wire()
+                             decided_at=previous.decision.at if previous and previous.decision else now,
+                             deleted_pools=deleted).wire()
     if choice.verdict == "infeasible":
         status["rejected"] = workload_status(name, view.generation, choice.target, phase, now, observed).wire()["rejected"]
     message = observed["Valid"].message if choice.verdict == "invalid" else observed["Placed"].message
@@ -300,6 +330,18 @@ def _refused(view: WorkloadView, choice: Choice, telemetry: Telemetry, now: date
         c.reason == reason and c.message == message for c in previous.conditions)
     events = () if said_before else (Note("Warning", reason, message),)
     return Outcome((), (), _changed(view, status), events, choice.verdict, view.running)
+
+
+def _deleted_pools(view: WorkloadView, picture: Picture) -> frozenset[str]:
+    """The pools of what runs (or is left draining) that no longer exist."""
+    return frozenset(g.pool for d in (view.running, view.leaving) if d is not None for g in d.groups
+                     if g.pool not in picture.pools and g.pool not in picture.pool_views)
+
+
+def _pools_deleted(view: WorkloadView, deleted: frozenset[str]) -> str:
+    groups = ", ".join(f"{g.pool}/{g.variant}" for g in view.running.groups if g.pool in deleted)
+    return (f"ComputePool {', '.join(sorted(deleted))} deleted: {groups} runs on unmanaged until a placement "
+            "elsewhere is ready")
 
 
 def _changed(view: WorkloadView, status: dict) -> dict | None:

@@ -17,6 +17,7 @@ from typing import Any, Callable, Mapping
 
 from hetplace.config import Settings
 from hetplace.api.status import ComputePoolStatus
+from hetplace.controller.drift import GONE, DriftWatch, content_digest
 from hetplace.controller.fleet_ledger import FleetLedger
 from hetplace.controller.inventory import (
     Child,
@@ -105,6 +106,11 @@ class Operator:
     retries: dict[str, int] = field(default_factory=dict)      # key -> failed attempts in a row
     resumed: set[str] = field(default_factory=set)             # uids looked at once since the start
     queue: WorkQueue = field(default_factory=WorkQueue)        # workloads to reconcile
+    drift: DriftWatch = field(default_factory=DriftWatch)      # owned objects changed by someone else
+    # workloads whose spec was decided and could not be placed as asked: decided again when something
+    # that could change the answer changes (`recheck_refused`), and at least every rebalance cycle
+    awaiting: set[str] = field(default_factory=set)
+    recheck_due: bool = False
     workers: list[asyncio.Task] = field(default_factory=list)
     telemetry_read_at: float = float("-inf")
     telemetry_fresh_at: float = 0.0
@@ -164,6 +170,10 @@ class Operator:
 
     def pool_deleted(self, name: str) -> None:
         self.last_valid_pools.pop(name, None)
+        for view in self.picture().workloads.values():     # status must stop saying it serves there
+            if any(g.pool == name for d in (view.running, view.migration_target) if d is not None for g in d.groups):
+                self.queue.add(view.key, urgent=True)
+        self.recheck_due = True
         self.wake_soon()
 
     def workload_deleted(self, key: str, uid: str) -> None:
@@ -173,6 +183,11 @@ class Operator:
         self.queue.forget(key)
         self.resumed.discard(uid)
         self.timed_out.pop(key, None)
+        self.drift.forget(key)
+        if key in self.awaiting:
+            self.awaiting.discard(key)
+        else:
+            self.recheck_due = True     # what it held is free again
         self.metrics.forget(*key.split("/", 1))
 
     def to_engine(self, view: WorkloadView) -> Workload:
@@ -181,8 +196,34 @@ class Operator:
     def indexed(self, body: Mapping[str, Any]) -> WorkloadView:
         """The workload index saw `body`: charge what it holds; what the index keeps of it."""
         kept = workload_view(body, self.specs, keep=True)
-        self.fleet.update(kept)
+        if self.fleet.update(kept):
+            self.recheck_due = True     # another workload's charge moved or was released
+        if kept.accepted and kept.kept_status is not None and kept.kept_status.refused_at(kept.generation):
+            self.awaiting.add(kept.key)
+        else:
+            self.awaiting.discard(kept.key)
         return kept
+
+    def recheck_refused(self) -> None:
+        """Decide again every workload whose spec could not be placed as asked (it may fit now)."""
+        self.recheck_due = False
+        for key in list(self.awaiting):
+            if self.refused.get(key) is None:
+                self.queue.add(key)
+
+    # ---- the objects hetplace owns ------------------------------------------------------------------
+    def child_seen(self, plural: str, child: Child) -> None:
+        """The index is about to hold `child`: if it changed and no write of hetplace's explains it,
+        its workload looks again (and compares what it applied with what is live)."""
+        held = (self.indices.get(plural) or {}).get(child.workload, ())
+        before = next((c.content for c in held if c.kind == child.kind and c.name == child.name), None)
+        if self.drift.seen(child.workload, child.kind, child.namespace, child.name, child.content, before):
+            self.progress(child.workload)
+
+    def child_gone(self, child: Child) -> None:
+        """An owned object was deleted: unless hetplace pruned it, its workload re-creates it."""
+        if self.drift.seen(child.workload, child.kind, child.namespace, child.name, GONE, None):
+            self.progress(child.workload)
 
     def wants_a_look(self, key: str, body: Mapping[str, Any], listed: bool = False) -> bool:
         """A workload event to act on: a generation not decided yet (created, or its spec changed),
@@ -192,6 +233,7 @@ class Operator:
         first_seen = meta.get("uid") not in self.resumed
         self.resumed.add(meta.get("uid"))
         if listed and first_seen:
+            self.drift.check_everything(key)      # what changed while no operator watched
             return True
         generation = meta.get("generation")
         return (body.get("status") or {}).get("observedGeneration") != generation and \
@@ -272,14 +314,25 @@ class Operator:
                 if serving is not None:
                     view = dataclasses.replace(view, running=serving)
                     picture.workloads = {view.key: view}
+            suspects = self.drift.take(view.key, ((c.kind, c.name) for c in picture.children.get(view.key, ())))
             now = self.clock()
             try:
-                return await self._decide_and_step(view, picture, planned, started, now)
+                live = await asyncio.to_thread(self.read_live, view, suspects)
+                return await self._decide_and_step(view, picture, planned, started, now, live)
+            except BaseException:
+                self.drift.put_back(view.key, suspects)
+                raise
             finally:
                 self.fleet.settle(view.key)     # what was charged at the decision gives way to what was written
 
+    def read_live(self, view: WorkloadView, objects: set[tuple[str, str]]) -> dict[tuple[str, str], dict | None]:
+        """The suspect objects as the API holds them now (None: deleted)."""
+        namespace = view.key.split("/", 1)[0]
+        return {(kind, name): self.kube.get("apps/v1" if kind == "Deployment" else "v1", kind, namespace, name)
+                for kind, name in sorted(objects)}
+
     async def _decide_and_step(self, view: WorkloadView, picture: Picture, planned: Planned | None, started: float,
-                               now: datetime) -> Outcome:
+                               now: datetime, live: Mapping[tuple[str, str], dict | None]) -> Outcome:
         """Decide (or take the planned move), check readiness, converge one step and execute it."""
         choice = planned.choice if planned is not None else await asyncio.to_thread(
             choose, view, picture, self.telemetry, now, self.fleet)
@@ -290,7 +343,7 @@ class Operator:
                       else ({}, {}))
         outcome = converge(view, choice, picture, self.telemetry, ready, now, waiting=why,
                            move_timeout_s=self.settings.move_timeout_seconds, image=self.settings.triton_image,
-                           dry_run=self.settings.dry_run, drain_s=self.settings.drain_seconds)
+                           dry_run=self.settings.dry_run, drain_s=self.settings.drain_seconds, live=live)
         uid = view.body.get("metadata", {}).get("uid")
         owned = frozenset((c.kind, c.name) for c in picture.children.get(view.key, ()) if uid and c.owner_uid == uid)
         try:
@@ -365,8 +418,10 @@ class Operator:
                     self.reported_conflicts.add((view.key, conflict))
                     conflicts.append(conflict)
                 continue
-            self.kube.apply(obj)
+            meta = obj["metadata"]
+            self.drift.wrote(obj["kind"], meta["namespace"], meta["name"], content_digest(self.kube.apply(obj)))
         for child in outcome.delete:
+            self.drift.wrote(child.kind, child.namespace, child.name, GONE)
             self.kube.delete(child.api_version, child.kind, child.namespace, child.name)
         meta = view.body.get("metadata", {})
         if outcome.status is not None:      # against the version decided on: a 409 means decide again
@@ -478,6 +533,7 @@ class Operator:
     async def rebalance(self) -> None:
         """Telemetry -> global solve -> hysteresis -> bounded moves (DESIGN §4)."""
         picture = self.picture()        # read on the event loop: kopf's indexes change there
+        self.recheck_refused()
         await self.refresh_telemetry(picture)
         await asyncio.to_thread(self.publish_pools, picture)
         valid = [v for v in picture.workloads.values() if v.accepted and v.migration_target is None]
@@ -527,7 +583,7 @@ class Operator:
         reading = self.link_telemetry.read(picture.engine_pools())
         corrections, failed = self._corrections(placed)
         sites = self.site_telemetry.read() if self.site_telemetry is not None else SiteReading({}, {})
-        errors = [*reading.errors, *failed, *sites.errors]
+        others = [*failed, *sites.errors]        # the link queries' own failures are in the summary
         traffic: dict[str, list[TrafficObservation]] = {}
         for (key, site), rate in sites.requests_per_second.items():
             traffic.setdefault(key, []).append(TrafficObservation(key, site, rate))
@@ -537,17 +593,20 @@ class Operator:
             seconds = latency_quantile_s(buckets, percentiles[key]) if key in percentiles else None
             if seconds is not None:
                 latency.setdefault(key, {})[site] = seconds * 1000.0
-        if reading.all_fresh and not errors:
-            fresh = Observed(True, "Fresh", f"{len(reading.fresh)} links read from Prometheus")
-        elif errors:
-            fresh = Observed(False, "PrometheusError", "; ".join(errors)[:1000])
+        # exactly which readings the decisions use: fresh, last-known-good or declared, and why
+        if reading.all_fresh and not others:
+            fresh = Observed(True, "Fresh", reading.summary())
+        elif reading.errors or others:
+            fresh = Observed(False, "PrometheusError", "; ".join([reading.summary(), *others])[:1000])
         else:
-            fresh = Observed(False, "Stale", f"{len(reading.last_known_good)} links on last-known-good, "
-                                             f"{len(reading.declared)} on declared values")
+            fresh = Observed(False, "Stale", reading.summary()[:1000])
         observed = Telemetry(reading.observations, fresh, corrections,
                              {k: tuple(v) for k, v in traffic.items()}, latency)
         if (observed.corrections, observed.traffic) != (self.telemetry.corrections, self.telemetry.traffic):
             self.fleet.reset()          # the engine's view of the workloads changed
+            self.recheck_due = True
+        if observed.links != self.telemetry.links:
+            self.recheck_due = True     # a refused workload may fit over the links as they are now
         self.telemetry = observed
         if reading.fresh:
             self.telemetry_fresh_at = time.time()
@@ -600,6 +659,8 @@ class Operator:
                     if leading and self.indexes_full.is_set():
                         due = time.monotonic() - last_rebalance >= self.settings.rebalance_interval_seconds
                         await self.progress_moves(waiting_too=due)
+                        if self.recheck_due:
+                            self.recheck_refused()
                         if (due or self.wake.is_set()) and (cycle is None or cycle.done()):
                             self.wake.clear()
                             last_rebalance = time.monotonic()

@@ -43,12 +43,13 @@ def workload_status(name: str, generation: int, decision: Decision | None, phase
                     decided_at: datetime | None = None, moving_to: Decision | None = None,
                     move_started: datetime | None = None, routes_switched: datetime | None = None,
                     leaving: Decision | None = None,
-                    observed_ms: Mapping[str, float] | None = None) -> InferenceWorkloadStatus:
+                    observed_ms: Mapping[str, float] | None = None,
+                    deleted_pools: frozenset[str] = frozenset()) -> InferenceWorkloadStatus:
     """`decision` is what runs (None when nothing does); `observed` gives each condition type;
     `moving_to` the placement being brought up since `move_started`, while a move is under way."""
     conditions = conditions_of(CONDITION_TYPES, observed, previous.conditions if previous else [], generation, now)
     running = decision if decision is not None and decision.feasible else None
-    placements = placements_of(name, running, observed_ms)
+    placements = placements_of(name, running, observed_ms, deleted_pools)
     return InferenceWorkloadStatus(
         observed_generation=generation, phase=phase, conditions=conditions, placements=placements,
         summary=", ".join(f"{p.pool}/{p.variant} x{p.replicas}" for p in placements)[:1024],
@@ -57,7 +58,7 @@ def workload_status(name: str, generation: int, decision: Decision | None, phase
                                 fingerprint=decision.fingerprint()) if decision is not None else None,
         migration=Migration(target=placements_of(name, moving_to), started_at=move_started or now,
                             reason=moving_to.reason[:4096], routes_switched_at=routes_switched,
-                            leaving=placements_of(name, leaving))
+                            leaving=placements_of(name, leaving, None, deleted_pools))
         if moving_to is not None else None,
         rejected=_rejected(decision, previous),
     )
@@ -125,14 +126,15 @@ def _amount(r: Resources) -> PoolResources:
     return PoolResources(cpu=f"{round(r.cpu_cores * 1000)}m", memory=str(int(r.memory_bytes)), accelerators=r.accelerators)
 
 
-def placements_of(name: str, decision: Decision | None,
-                  observed_ms: Mapping[str, float] | None = None) -> list[PlacementStatus]:
+def placements_of(name: str, decision: Decision | None, observed_ms: Mapping[str, float] | None = None,
+                  deleted_pools: frozenset[str] = frozenset()) -> list[PlacementStatus]:
     """The groups of a decision as status reports them, with their Deployment and Service names
     and, where clients report it, the latency observed per site (2 significant digits, so a
-    steady reading does not rewrite status)."""
+    steady reading does not rewrite status); a group on a deleted ComputePool says so."""
     return [
         PlacementStatus(pool=g.pool, variant=g.variant, replicas=g.replicas, cost_per_hour=round(g.cost_per_hour, 6),
                         deployment=group_name(name, g.pool, g.variant), service=group_name(name, g.pool, g.variant),
+                        pool_deleted=True if g.pool in deleted_pools else None,
                         routes=[RouteStatus(site=r.site, encoding=r.encoding, requests_per_second=r.requests_per_second,
                                             predicted_latency_ms=round(r.predicted_latency_ms, 3),
                                             predicted_compute_ms=round(r.compute_ms, 3),

@@ -1,0 +1,129 @@
+"""Drift of owned objects, pure: which applied fields a live object no longer holds as applied, and
+which changes the index sees are someone else's (controller/drift.py)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from hetplace.controller.drift import GONE, DriftWatch, content_digest, differences
+
+pytestmark = pytest.mark.unit
+
+APPLIED = {
+    "apiVersion": "apps/v1", "kind": "Deployment",
+    "metadata": {"name": "g", "namespace": "ns", "labels": {"hetplace.io/pool": "cpu"},
+                 "annotations": {"hetplace.io/applied-hash": "abc"}},
+    "spec": {"replicas": 3, "template": {"spec": {"containers": [
+        {"name": "triton", "image": "triton:1", "args": ["--a", "--b"],
+         "ports": [{"name": "http", "containerPort": 8000}],
+         "resources": {"requests": {"cpu": "1", "memory": "4Gi"}}}]}}},
+}
+
+
+def edited(change) -> dict:
+    live = copy.deepcopy(APPLIED)
+    change(live)
+    return live
+
+
+def container(live: dict) -> dict:
+    return live["spec"]["template"]["spec"]["containers"][0]
+
+
+@pytest.mark.parametrize("change, paths", [
+    (lambda d: None, []),
+    (lambda d: d["spec"].update(replicas=0), ["spec.replicas"]),
+    (lambda d: container(d).update(image="other:2"), ["spec.template.spec.containers[triton].image"]),
+    (lambda d: container(d).update(args=["--a"]), ["spec.template.spec.containers[triton].args"]),
+    (lambda d: container(d)["args"].reverse(), ["spec.template.spec.containers[triton].args[0]",
+                                                 "spec.template.spec.containers[triton].args[1]"]),
+    (lambda d: d["metadata"]["labels"].pop("hetplace.io/pool"), ["metadata.labels.hetplace.io/pool"]),
+    (lambda d: d["spec"]["template"]["spec"]["containers"].clear(), ["spec.template.spec.containers[triton]"]),
+    (lambda d: d["metadata"]["labels"].update(team="a"), []),
+    (lambda d: d["metadata"]["annotations"].update({"deployment.kubernetes.io/revision": "2"}), []),
+    (lambda d: d["spec"]["template"]["spec"]["containers"].append({"name": "sidecar", "image": "envoy"}), []),
+    (lambda d: container(d)["ports"][0].update(protocol="TCP"), []),
+    (lambda d: d["spec"].update(progressDeadlineSeconds=600, revisionHistoryLimit=10), []),
+    (lambda d: container(d)["resources"]["requests"].update(cpu="1000m"), []),
+    (lambda d: container(d)["resources"]["requests"].update(memory="4096Mi"), []),
+    (lambda d: container(d)["resources"]["requests"].update(memory="8Gi"),
+     ["spec.template.spec.containers[triton].resources.requests.memory"]),
+], ids=[
+    "an object as applied has no difference",
+    "scaled to 0",
+    "an image changed",
+    "an argument removed",
+    "arguments reordered (an atomic list)",
+    "a label hetplace set removed",
+    "hetplace's container removed",
+    "a label someone added is theirs",
+    "an annotation a controller added is theirs",
+    "a sidecar someone added is theirs",
+    "a default the API server filled in is not a difference",
+    "defaulted Deployment fields are not differences",
+    "a quantity in its canonical form is the same quantity",
+    "memory in other units is the same memory",
+    "more memory is a difference",
+])
+def test_differences_are_the_applied_fields_a_live_object_does_not_hold(change, paths):
+    assert [d.path for d in differences(APPLIED, edited(change))] == paths
+
+
+def test_a_difference_says_the_value_found_and_the_value_applied():
+    (found,) = differences(APPLIED, edited(lambda d: d["spec"].update(replicas=0)))
+    assert str(found) == "spec.replicas was 0 (hetplace applies 3)"
+
+
+def test_the_content_digest_ignores_status_versions_and_others_annotations():
+    digest = content_digest(APPLIED)
+    assert content_digest(edited(lambda d: d.update(status={"availableReplicas": 3}))) == digest
+    assert content_digest(edited(lambda d: d["metadata"].update(resourceVersion="9", managedFields=[{}]))) == digest
+    assert content_digest(edited(lambda d: d["metadata"]["annotations"].update(x="y"))) == digest
+    assert content_digest(edited(lambda d: d["spec"].update(replicas=0))) != digest
+    assert content_digest(APPLIED) >= 0 and content_digest(APPLIED) != GONE
+
+
+@pytest.mark.parametrize("steps, suspect", [
+    ([("wrote", 2), ("seen", 2, 1)], False),
+    ([("seen", 1, 1)], False),
+    ([("seen", 1, None)], False),
+    ([("seen", 2, 1)], True),
+    ([("wrote", 2), ("seen", 3, 1)], True),
+    ([("wrote", GONE), ("seen", GONE, None)], False),
+    ([("seen", GONE, None)], True),
+    ([("wrote", 2), ("seen", 2, 1), ("seen", 5, 2)], True),
+], ids=[
+    "hetplace's own write coming back through the watch is not drift",
+    "an event that changed nothing hetplace applies (status, a relist) is not drift",
+    "an object first listed is not judged by its event (the first look compares it)",
+    "a change nobody at hetplace made is drift",
+    "a change after hetplace's write, other than it, is drift",
+    "an object hetplace pruned going away is not drift",
+    "an object someone deleted is drift",
+    "hetplace's write seen once does not excuse the next change",
+])
+def test_the_watch_tells_someone_elses_change_from_hetplaces_own(steps, suspect):
+    watch = DriftWatch()
+    verdicts = []
+    for step in steps:
+        if step[0] == "wrote":
+            watch.wrote("Deployment", "ns", "g", step[1])
+        else:
+            verdicts.append(watch.seen("ns/w", "Deployment", "ns", "g", step[1], step[2]))
+    assert verdicts[-1] is suspect
+    assert (watch.take("ns/w", ()) == {("Deployment", "g")}) is suspect
+
+
+def test_a_first_look_compares_every_object_and_an_unfinished_one_keeps_its_suspects():
+    watch = DriftWatch()
+    watch.check_everything("ns/w")
+    owned = {("Deployment", "g"), ("Service", "g"), ("ConfigMap", "w-routes")}
+    assert watch.take("ns/w", owned) == owned
+    assert watch.take("ns/w", owned) == set(), "once"
+    watch.put_back("ns/w", {("Service", "g")})
+    assert watch.take("ns/w", owned) == {("Service", "g")}
+    watch.seen("ns/w", "Service", "ns", "g", GONE, None)
+    watch.forget("ns/w")
+    assert watch.take("ns/w", owned) == set()
