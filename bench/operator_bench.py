@@ -11,6 +11,9 @@ operator-rss: the operator's resident memory (VmRSS, VmHWM from /proc) idle and 
 operator-restart: N placed, SIGTERM, a new process: seconds from its start to its first decision
   and to every workload resumed (`hetplace_decision_duration_seconds_count`, one per reconcile that
   reached a verdict), and the writes the restart caused.
+operator-drift: N placed, then owned objects changed one at a time as someone would (routes ConfigMap
+  deleted, Deployment deleted, scaled to 0, image set): seconds until each is as hetplace applied it
+  again; a small fleet in the same run is the baseline.
 
 Beside every figure: CPU seconds of the operator process and of the emulator's thread over the same
 wall time (a share near 1.0 is one core busy: that side is the bottleneck; the machine has few cores).
@@ -333,6 +336,13 @@ class Bench:
                       "the operator to lead and end a rebalance cycle", operator)
         return operator
 
+    def placed(self, n: int) -> OperatorProcess:
+        """An operator with n workloads created and all of them Ready."""
+        operator = self.start_operator()
+        self.create(n)
+        self.wait_all_ready(n, operator)
+        return operator
+
     def create(self, n: int) -> tuple[float, dict[str, float]]:
         """Create n workloads back to back (built beforehand); the seconds it took and when each create
         was answered."""
@@ -551,9 +561,7 @@ def operator_restart(sizes: list[int], setup: Setup) -> dict:
     rows = []
     for n in sizes:
         with Bench(setup) as bench:
-            first = bench.start_operator()
-            bench.create(n)
-            bench.wait_all_ready(n, first)
+            first = bench.placed(n)
             # two: the cycle under way when the last turned Ready may have read the pools before it;
             # the next one, begun after, publishes what the pools hold before the stop
             bench.cycles_after(first, 2)
@@ -611,3 +619,80 @@ def retries(operator: OperatorProcess) -> int:
 def decisions_by_outcome(operator: OperatorProcess) -> dict[str, int]:
     return {labels.removeprefix("outcome="): int(value)
             for labels, value in labelled(operator, "hetplace_decisions_total").items() if value}
+
+
+# drift: what someone does to an object hetplace owns, and how to see it is as hetplace applied it again
+DRIFTS = ("delete routes ConfigMap", "delete Deployment", "scale Deployment to 0", "set Deployment image")
+
+
+def _drift(cluster: EmulatedCluster, what: str, namespace: str, name: str, deployment: str) -> None:
+    if what == "delete routes ConfigMap":
+        cluster.delete("v1", "ConfigMap", f"{name}-routes", namespace)
+    elif what == "delete Deployment":
+        cluster.delete("apps/v1", "Deployment", deployment, namespace)
+    elif what == "scale Deployment to 0":
+        cluster.patch("apps/v1", "Deployment", deployment, {"spec": {"replicas": 0}}, namespace,
+                      field_manager="kubectl-scale")
+    else:
+        cluster.patch("apps/v1", "Deployment", deployment, {"spec": {"template": {"spec": {"containers": [
+            {"name": "triton", "image": "registry.example/other:1"}]}}}}, namespace, patch_type="strategic",
+            field_manager="kubectl-set")
+
+
+def _as_applied(cluster: EmulatedCluster, what: str, namespace: str, name: str, deployment: str,
+                applied: dict) -> bool:
+    if what == "delete routes ConfigMap":
+        routes = cluster.get("v1", "ConfigMap", f"{name}-routes", namespace)
+        return routes is not None and routes.get("data") == applied["routes"]
+    live = cluster.get("apps/v1", "Deployment", deployment, namespace)
+    return live is not None and live["spec"]["replicas"] == applied["replicas"] and \
+        live["spec"]["template"]["spec"]["containers"][0]["image"] == applied["image"]
+
+
+def drift_latencies(bench: Bench, n: int, samples: int) -> tuple[list[float], dict[str, list[float]], int]:
+    """`samples` drifts, one at a time, each on another placed workload, cycling through DRIFTS:
+    seconds from the change to the object as hetplace applied it again (polled every 20 ms)."""
+    by_kind: dict[str, list[float]] = {what: [] for what in DRIFTS}
+    mark = len(bench.cluster.emulator.api_log)
+    workloads = bench_workloads(n, bench.setup.namespaces)
+    for i in range(samples):
+        what = DRIFTS[i % len(DRIFTS)]
+        meta = workloads[(i * 7919) % n]["metadata"]       # spread over the fleet
+        namespace, name = meta["namespace"], meta["name"]
+        deployment = next(d for d in bench.cluster.list("apps/v1", "Deployment", namespace,
+                                                        label_selector=f"hetplace.io/workload={name}"))
+        routes = bench.cluster.get("v1", "ConfigMap", f"{name}-routes", namespace)
+        applied = {"routes": routes["data"], "replicas": deployment["spec"]["replicas"],
+                   "image": deployment["spec"]["template"]["spec"]["containers"][0]["image"]}
+        changed = time.perf_counter()
+        _drift(bench.cluster, what, namespace, name, deployment["metadata"]["name"])
+        bench.wait(lambda: _as_applied(bench.cluster, what, namespace, name, deployment["metadata"]["name"], applied),
+                   60, f"{what} of {namespace}/{name} corrected", interval_s=0.02)
+        by_kind[what].append(time.perf_counter() - changed)
+        # the next drift once this workload is Ready again (a Deployment re-created or scaled back is not at once)
+        bench.wait(lambda: _ready(bench.cluster.get(*IW, name, namespace)), 60, f"{namespace}/{name} Ready again",
+                   interval_s=0.05)
+    events = sum(1 for c in bench.cluster.emulator.api_log[mark:] if c.is_write and c.path.endswith("/events"))
+    return [s for v in by_kind.values() for s in v], by_kind, events
+
+
+def operator_drift(sizes: list[int], samples: int, setup: Setup) -> dict:
+    """Drift correction latency with n workloads placed: the first size is the baseline of the same run."""
+    rows = []
+    for n in sizes:
+        with Bench(setup) as bench:
+            operator = bench.placed(n)
+            cpu = Cpu(operator)
+            latencies, by_kind, events = drift_latencies(bench, n, samples)
+            rows.append({"workloads": n, "samples": len(latencies),
+                         **{f"restore_p{q}_s": round(percentile(latencies, q), 3) for q in PERCENTILES},
+                         "restore_max_s": round(max(latencies), 3),
+                         "restore_p99_s_by_drift": {k: round(percentile(v, 99), 3) for k, v in by_kind.items() if v},
+                         "events_written": events, **cpu.read(),
+                         "rss_mb": rounded_mb(memory_kb(operator.process.pid)["VmRSS"])})
+            print(rows[-1], flush=True)
+    baseline = rows[0]
+    for row in rows[1:]:
+        row["p99_vs_baseline"] = round(row["restore_p99_s"] / baseline["restore_p99_s"], 2)
+    return {"name": "operator-drift", "goal": "p99 delete -> restored <= 5 s with 1,000 workloads placed",
+            "settings": setup.settings(), "rows": rows}

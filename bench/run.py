@@ -128,6 +128,8 @@ def main() -> None:
         "operator-rss": lambda: operator_bench.operator_rss([20] if args.smoke else [1000, 10_000], operator_setup),
         "operator-restart": lambda: operator_bench.operator_restart([20] if args.smoke else [250, 500, 1000],
                                                                    operator_setup),
+        "operator-drift": lambda: operator_bench.operator_drift([5, 20] if args.smoke else [20, 1000],
+                                                               8 if args.smoke else 200, operator_setup),
     }
     unknown = set(args.only) - set(benchmarks)
     if unknown:

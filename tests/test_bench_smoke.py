@@ -57,11 +57,11 @@ def test_fleet_benchmarks_at_smoke_size_write_what_the_readme_reports(tmp_path):
 
 
 def test_operator_benchmarks_at_smoke_size_write_what_the_readme_reports(tmp_path):
-    """The operator process against the API emulator: 20 workloads placed, measured, restarted."""
+    """The operator process against the API emulator: 20 workloads placed, measured, restarted, drifted."""
     runs = [subprocess.Popen([sys.executable, str(REPO / "bench" / "run.py"), "--smoke", "--out", str(tmp_path)]
                              + [arg for name in only for arg in ("--only", name)],
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-            for only in (["operator-restart"], ["operator-throughput", "operator-rss"])]     # side by side: quicker
+            for only in (["operator-restart", "operator-drift"], ["operator-throughput", "operator-rss"])]  # side by side
     for run in runs:
         _, stderr = run.communicate(timeout=300)
         assert run.returncode == 0, stderr[-3000:]
@@ -82,3 +82,10 @@ def test_operator_benchmarks_at_smoke_size_write_what_the_readme_reports(tmp_pat
     assert 0 < restart["first_decision_s"] <= restart["all_resumed_s"]
     assert restart["decisions_timed"] >= 20 and restart["reconcile_retries"] == 0
     assert restart["restart_writes"] == sum(restart["restart_writes_by_kind"].values())
+    baseline, drifted = json.loads((tmp_path / "operator-drift.json").read_text())["rows"]
+    assert (baseline["workloads"], drifted["workloads"]) == (5, 20) and drifted["samples"] == 8
+    assert set(drifted["restore_p99_s_by_drift"]) == {"delete routes ConfigMap", "delete Deployment",
+                                                      "scale Deployment to 0", "set Deployment image"}
+    assert 0 < drifted["restore_p50_s"] <= drifted["restore_p99_s"] <= drifted["restore_max_s"]
+    assert drifted["events_written"] >= drifted["samples"], "each correction is reported in an Event"
+    assert drifted["p99_vs_baseline"] > 0

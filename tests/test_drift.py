@@ -127,3 +127,13 @@ def test_a_first_look_compares_every_object_and_an_unfinished_one_keeps_its_susp
     watch.seen("ns/w", "Service", "ns", "g", GONE, None)
     watch.forget("ns/w")
     assert watch.take("ns/w", owned) == set()
+
+
+def test_a_write_whose_event_came_back_before_its_answer_leaves_nothing_behind():
+    """The watch may deliver hetplace's own write before the write's answer: that event raised a
+    suspicion the answer then lifts, and nothing stays expected for an event already seen."""
+    watch = DriftWatch()
+    assert watch.seen("ns/w", "Deployment", "ns", "g", 2, 1) is True         # the event, first
+    watch.wrote("Deployment", "ns", "g", 2, "ns/w", seen_already=True)       # then the answer
+    assert watch.take("ns/w", ()) == set()
+    assert watch.seen("ns/w", "Deployment", "ns", "g", 3, 2) is True, "the next change is judged afresh"

@@ -119,10 +119,21 @@ class DriftWatch:
         self._suspects: dict[str, set[tuple[str, str]]] = {}
         self._everything: set[str] = set()
 
-    def wrote(self, kind: str, namespace: str, name: str, content: int) -> None:
-        """hetplace applied (or, with GONE, deleted) the object: its next event is hetplace's own."""
+    def wrote(self, kind: str, namespace: str, name: str, content: int, workload: str = "",
+              seen_already: bool = False) -> None:
+        """hetplace applied (or, with GONE, deleted) the object: its next event is hetplace's own.
+        `seen_already`: the watch delivered it before the write's answer came back (the index holds
+        this content): nothing to expect, and no suspicion that event raised stands."""
         with self._lock:
-            self._expected[(kind, namespace, name)] = content
+            if not seen_already:
+                self._expected[(kind, namespace, name)] = content
+                return
+            self._expected.pop((kind, namespace, name), None)
+            suspects = self._suspects.get(workload)
+            if suspects is not None:
+                suspects.discard((kind, name))
+                if not suspects:
+                    del self._suspects[workload]
 
     def seen(self, workload: str, kind: str, namespace: str, name: str, content: int, before: int | None) -> bool:
         """The index saw the object with `content` (GONE: deleted), having held `before` (None: not

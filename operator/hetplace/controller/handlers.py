@@ -109,21 +109,19 @@ def make_registry() -> kopf.OperatorRegistry:
         elif memo.operator.wants_a_look(key, body, listed=type is None):
             memo.operator.queue.add(key)
 
-    def owned(plural: str):
-        async def index(body: kopf.Body, memo: kopf.Memo, **_: Any) -> dict:
-            child = child_view(dict(body))
-            if child is None:
-                return {}
-            memo.operator.child_seen(plural, child)      # before the index replaces what it held
-            return {child.workload: child}
-        return index
+    async def owned(body: kopf.Body, memo: kopf.Memo, **_: Any) -> dict:
+        child = child_view(dict(body))
+        if child is None:
+            return {}
+        memo.operator.child_seen(child)      # before the index replaces what it held
+        return {child.workload: child}
 
     async def owned_gone(type: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
         if type == "DELETED" and (child := child_view(dict(body))) is not None:
             memo.operator.child_gone(child)
 
     for plural, group in (("deployments", "apps"), ("services", ""), ("configmaps", "")):
-        kopf.index(group, "v1", plural, labels=MANAGED, registry=registry, id=plural)(owned(plural))
+        kopf.index(group, "v1", plural, labels=MANAGED, registry=registry, id=plural)(owned)
     for plural in ("services", "configmaps"):
         kopf.on.event("", "v1", plural, labels=MANAGED, registry=registry, id=f"{plural[:-1]}-gone")(owned_gone)
 

@@ -212,11 +212,16 @@ class Operator:
                 self.queue.add(key)
 
     # ---- the objects hetplace owns ------------------------------------------------------------------
-    def child_seen(self, plural: str, child: Child) -> None:
+    def indexed_content(self, key: str, kind: str, name: str) -> int | None:
+        """The content digest the index holds of an owned object (None: not held)."""
+        plural = {"Deployment": "deployments", "Service": "services", "ConfigMap": "configmaps"}[kind]
+        held = tuple((self.indices.get(plural) or {}).get(key, ()))
+        return next((c.content for c in held if c.kind == kind and c.name == name), None)
+
+    def child_seen(self, child: Child) -> None:
         """The index is about to hold `child`: if it changed and no write of hetplace's explains it,
         its workload looks again (and compares what it applied with what is live)."""
-        held = (self.indices.get(plural) or {}).get(child.workload, ())
-        before = next((c.content for c in held if c.kind == child.kind and c.name == child.name), None)
+        before = self.indexed_content(child.workload, child.kind, child.name)
         if self.drift.seen(child.workload, child.kind, child.namespace, child.name, child.content, before):
             self.progress(child.workload)
 
@@ -318,7 +323,12 @@ class Operator:
             now = self.clock()
             try:
                 live = await asyncio.to_thread(self.read_live, view, suspects)
-                return await self._decide_and_step(view, picture, planned, started, now, live)
+                outcome = await self._decide_and_step(view, picture, planned, started, now, live)
+                if outcome.outcome in ("invalid", "infeasible"):
+                    # a refused spec renders nothing: what runs is left as it is, and what drifted is
+                    # compared again at the next placement
+                    self.drift.put_back(view.key, suspects)
+                return outcome
             except BaseException:
                 self.drift.put_back(view.key, suspects)
                 raise
@@ -419,7 +429,9 @@ class Operator:
                     conflicts.append(conflict)
                 continue
             meta = obj["metadata"]
-            self.drift.wrote(obj["kind"], meta["namespace"], meta["name"], content_digest(self.kube.apply(obj)))
+            content = content_digest(self.kube.apply(obj))
+            self.drift.wrote(obj["kind"], meta["namespace"], meta["name"], content, view.key,
+                             seen_already=self.indexed_content(view.key, obj["kind"], meta["name"]) == content)
         for child in outcome.delete:
             self.drift.wrote(child.kind, child.namespace, child.name, GONE)
             self.kube.delete(child.api_version, child.kind, child.namespace, child.name)
