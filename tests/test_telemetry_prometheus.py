@@ -558,3 +558,33 @@ def test_a_prometheus_that_never_answers_costs_two_timeouts_not_one_per_link():
     assert len(reading.errors) == 2, reading.errors
     assert took_s < 12 * 0.5, f"{took_s:.1f} s: every link waited its own timeout"
     assert "not asked: 2 queries in a row got no answer" in reading.reasons[("site-11", "lab-cpu")]
+
+
+@pytest.mark.parametrize("first, later", [
+    pytest.param(("1700000000", "250000"), ("1700000000", "250000"),
+                 id="a sample that only grows older says the same thing at every read"),
+    pytest.param(("1700000100", "0.31"), ("1700000100", "0.33"),
+                 id="a bad value that wobbles in its third digit says the same thing at every read"),
+])
+def test_the_reasons_status_shows_do_not_change_from_read_to_read(fake_prometheus, first, later):
+    """What TelemetryFresh says goes into every placed workload's status: a reason that changed at
+    every read (a sample's age, a value's last digits) would rewrite them all each cycle."""
+    from hetplace.telemetry.prometheus import LinkTelemetry
+
+    def answer_with(at: str, bandwidth: str) -> None:
+        for what, value in (("bandwidth", bandwidth), ("rtt", "0.025")):
+            fake_prometheus.behaviours[f"{what} {BAD[0]} {BAD[1]}"] = answering({
+                "status": "success", "data": {"resultType": "vector", "result": [
+                    {"metric": {}, "value": [float(at), value]}]}})
+
+    clock = Clock()
+    clock.offset = 1_700_000_400 - clock()
+    telemetry = LinkTelemetry(PrometheusClient(fake_prometheus.url, timeout_s=1), "bandwidth {site} {pool}",
+                              "rtt {site} {pool}", stale_after_s=300, clock=clock)
+    pool = pool_from_spec("lab-gpu", a_pool("lab-gpu").site("lab-cloud").link(BAD[0], 2000, 25).build().spec)
+    answer_with(*first)
+    before = telemetry.read([pool]).summary()
+    clock.offset += 37
+    answer_with(*later)
+    after = telemetry.read([pool]).summary()
+    assert "fresh" in before and before == after

@@ -211,7 +211,7 @@ def _excerpt_text(text: str, most_chars: int = _EXCERPT_CHARS) -> str:
 
 def _implausible(what: str, value: float, unit: str, low: float, high: float, low_text: str = "") -> str | None:
     """Why `value` is no reading of `what`, or None: within [low, high] it is one."""
-    shown = f"{what} {value:g} {unit}"
+    shown = f"{what} {float(f'{value:.2g}'):g} {unit}"   # two digits: noise in a bad value rewrites no status
     if math.isnan(value):
         return f"{shown} is not a number"
     if math.isinf(value):
@@ -328,7 +328,8 @@ class LinkTelemetry:
             return rtt
         for what, sample in (("bandwidth", bandwidth), ("RTT", rtt)):
             if now - sample.at_s > self.stale_after_s:
-                return f"the {what} sample is {now - sample.at_s:.0f} s old (limit {self.stale_after_s:g} s)"
+                # not its age: the reason goes into status, which must not be rewritten every read
+                return f"the {what} sample is older than {self.stale_after_s:g} s"
         bytes_per_s, rtt_s = bandwidth.value, rtt.value
         implausible = (_implausible("bandwidth", bytes_per_s, "bytes/s", MIN_BANDWIDTH_BYTES_PER_S,
                                     MAX_BANDWIDTH_BYTES_PER_S, low_text="1 byte/s")
