@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from hetplace.controller.inventory import (
     APPLIED_HASH,
@@ -28,6 +30,7 @@ from hetplace.controller.inventory import (
     workload_view,
 )
 from hetplace.controller.leader import is_leader
+from hetplace.engine.snapshot import Resources
 from hetplace.controller.reconcile import Choice, Outcome, Telemetry, choose, converge, deployments_ready
 from hetplace.engine.observed import LinkObservation, correction_factor
 from hetplace.api.load import load_manifests
@@ -649,3 +652,73 @@ def test_a_deployment_scaled_to_zero_is_not_available():
                   "spec": {"replicas": 0},
                   "status": {"observedGeneration": 2, "replicas": 0}}
     assert child_view(deployment).available is False
+
+
+REFUSED_EDITS = {
+    "traffic no link carries": lambda spec: spec.update(traffic=[{"site": "factory-eu-1", "requestsPerSecond": 999_999},
+                                                                 {"site": "cloud-eu", "requestsPerSecond": 999_999}]),
+    "an SLO nothing meets": lambda spec: spec["slo"].update(latencyMs=0.01),
+    "an accuracy floor no variant meets": lambda spec: spec["slo"].update(minAccuracy=0.99),
+    "an invalid percentile": lambda spec: spec["slo"].update(percentile=101),
+    "encodings renamed and enlarged": lambda spec: spec.update(encodings=[{"name": "huge", "requestBytes": 10**9}]),
+}
+
+
+SPEC_OF_WHAT_RUNS = ("an invalid percentile", "encodings renamed and enlarged")
+
+
+@given(edits=st.lists(st.tuples(st.integers(0, 2), st.sampled_from(sorted(REFUSED_EDITS))), min_size=1, max_size=6),
+       restarted=st.booleans())
+@settings(max_examples=40, deadline=None, derandomize=True)
+def test_refused_edits_never_change_what_others_can_place(edits, restarted):
+    """Property: whatever edits are refused (invalid, or infeasible) on placed workloads, the fleet
+    is charged exactly what runs — the same load on every link and the same resources in every pool
+    as if they had not been made — whether the operator saw the placed specs first or only the
+    refused ones (after a restart); and having seen the placed specs, a newcomer is decided exactly
+    as without the edits. (After a restart the SLO a placement was made for is not known: its
+    routes are protected at the latency predicted for them, no looser. And what a placement takes —
+    its replicas' resources, its requests' sizes — is read from the spec: an edit that is invalid,
+    or renames or resizes variants and encodings, seen first after a restart, cannot say it. Those
+    are left out of the restarted case: README, limits.)"""
+    from hetplace.controller.fleet_ledger import FleetLedger
+    from hetplace.controller.reconcile import engine_workload
+
+    to_engine = lambda v: engine_workload(v, Telemetry())     # noqa: E731
+    placed = []
+    for i in range(3):
+        cluster = Cluster(workload_body())
+        cluster.body["metadata"].update(name=f"placed-{i}", uid=f"uid-placed-{i}")
+        cluster.cycle(T0)
+        placed.append(cluster)
+    picture = placed[0].picture()
+    fleet, baseline = FleetLedger(to_engine), FleetLedger(to_engine)
+    for cluster in placed:
+        baseline.update(workload_view(cluster.body))
+        if not restarted:
+            fleet.update(workload_view(cluster.body))
+    bodies = [copy.deepcopy(c.body) for c in placed]
+    for index, edit in edits:
+        body = copy.deepcopy(bodies[index])
+        body["metadata"]["generation"] += 1
+        REFUSED_EDITS[edit](body["spec"])
+        refused = Cluster(body)
+        refused.cycle(T0 + timedelta(minutes=1))
+        assert refused.body["status"]["phase"] in ("Infeasible", "Invalid"), edit
+        if restarted and edit in SPEC_OF_WHAT_RUNS:
+            continue                 # see the docstring
+        bodies[index] = refused.body
+        if not restarted:
+            fleet.update(workload_view(refused.body))
+    if restarted:                    # a new process lists every workload as it is now
+        for body in bodies:
+            fleet.update(workload_view(body))
+    pools = picture.engine_pools()
+    charged, expected_charge = fleet.ledger_for(pools), baseline.ledger_for(pools)
+    assert {k: round(v, 6) for k, v in charged.link_load.items() if v} == \
+        {k: round(v, 6) for k, v in expected_charge.link_load.items() if v}
+    assert {k: v for k, v in charged.pool_used.items() if v != Resources()} == \
+        {k: v for k, v in expected_charge.pool_used.items() if v != Resources()}
+    if not restarted:
+        expected = choose(_newcomer(placed[0], "probe"), picture, Telemetry(), T0, baseline)
+        beside = choose(_newcomer(placed[0], "probe"), picture, Telemetry(), T0, fleet)
+        assert (beside.verdict, beside.target.fingerprint()) == (expected.verdict, expected.target.fingerprint())
