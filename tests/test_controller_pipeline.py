@@ -722,3 +722,51 @@ def test_refused_edits_never_change_what_others_can_place(edits, restarted):
         expected = choose(_newcomer(placed[0], "probe"), picture, Telemetry(), T0, baseline)
         beside = choose(_newcomer(placed[0], "probe"), picture, Telemetry(), T0, fleet)
         assert (beside.verdict, beside.target.fingerprint()) == (expected.verdict, expected.target.fingerprint())
+
+
+def _converged_with(cluster: Cluster, live: dict, image: str = "triton:test", **options) -> Outcome:
+    picture = cluster.picture()
+    view = picture.workloads["factory/defect-detector"]
+    choice = choose(view, picture, Telemetry(), T0)
+    ready, why = deployments_ready(view, choice, picture)
+    return converge(view, choice, picture, Telemetry(), ready, T0, move_timeout_s=600, image=image, waiting=why,
+                    live=live, **options)
+
+
+def test_an_update_hetplace_makes_itself_is_not_reported_as_drift():
+    """A new Triton image for every group (an operator upgrade): the Deployments are applied again,
+    and what they held before is hetplace's own, not someone's drift."""
+    cluster = placed_cluster()
+    name = "defect-detector-cpu-cloud-eu-openvino-int8"
+    outcome = _converged_with(cluster, {("Deployment", name): cluster.children[("Deployment", name)]},
+                              image="triton:newer")
+    assert [o["metadata"]["name"] for o in outcome.apply] == [name]
+    assert outcome.events == ()
+
+
+def test_an_object_of_what_serves_missing_at_the_first_look_was_deleted():
+    cluster = placed_cluster()
+    del cluster.children[("Service", "defect-detector-cpu-cloud-eu-openvino-int8")]     # while no operator ran
+    first_look = _converged_with(cluster, {}, missing_is_drift=True)
+    assert [(o["kind"]) for o in first_look.apply] == ["Service"]
+    assert [n.message for n in first_look.events] == [
+        "Service defect-detector-cpu-cloud-eu-openvino-int8 was deleted: re-created"]
+
+
+def test_a_refused_workload_is_not_ready_while_what_runs_is_unavailable():
+    """A refused spec renders nothing, but Ready still follows what is live."""
+    cluster = placed_cluster()
+    body = copy.deepcopy(cluster.body)
+    body["metadata"]["generation"] = 2
+    body["spec"]["slo"]["latencyMs"] = 0.01
+    refused = Cluster(body)
+    refused.children = cluster.children
+    refused.unavailable.add("defect-detector-cpu-cloud-eu-openvino-int8")      # scaled to 0, say
+    refused.cycle(T0 + timedelta(minutes=1))
+    ready = condition(refused, "Ready")
+    assert refused.body["status"]["phase"] == "Infeasible"
+    assert (ready["status"], ready["reason"]) == ("False", "Waiting")
+    assert "defect-detector-cpu-cloud-eu-openvino-int8 not available" in ready["message"]
+    refused.unavailable.clear()
+    refused.cycle(T0 + timedelta(minutes=2))
+    assert condition(refused, "Ready")["status"] == "True", "available again"

@@ -113,20 +113,20 @@ def test_the_watch_tells_someone_elses_change_from_hetplaces_own(steps, suspect)
         else:
             verdicts.append(watch.seen("ns/w", "Deployment", "ns", "g", step[1], step[2]))
     assert verdicts[-1] is suspect
-    assert (watch.take("ns/w", ()) == {("Deployment", "g")}) is suspect
+    assert (watch.take("ns/w", ()) == ({("Deployment", "g")}, False)) is suspect
 
 
 def test_a_first_look_compares_every_object_and_an_unfinished_one_keeps_its_suspects():
     watch = DriftWatch()
     watch.check_everything("ns/w")
     owned = {("Deployment", "g"), ("Service", "g"), ("ConfigMap", "w-routes")}
-    assert watch.take("ns/w", owned) == owned
-    assert watch.take("ns/w", owned) == set(), "once"
+    assert watch.take("ns/w", owned) == (owned, True)
+    assert watch.take("ns/w", owned) == (set(), False), "once"
     watch.put_back("ns/w", {("Service", "g")})
-    assert watch.take("ns/w", owned) == {("Service", "g")}
+    assert watch.take("ns/w", owned) == ({("Service", "g")}, False)
     watch.seen("ns/w", "Service", "ns", "g", GONE, None)
     watch.forget("ns/w")
-    assert watch.take("ns/w", owned) == set()
+    assert watch.take("ns/w", owned) == (set(), False)
 
 
 def test_a_write_whose_event_came_back_before_its_answer_leaves_nothing_behind():
@@ -135,5 +135,26 @@ def test_a_write_whose_event_came_back_before_its_answer_leaves_nothing_behind()
     watch = DriftWatch()
     assert watch.seen("ns/w", "Deployment", "ns", "g", 2, 1) is True         # the event, first
     watch.wrote("Deployment", "ns", "g", 2, "ns/w", seen_already=True)       # then the answer
-    assert watch.take("ns/w", ()) == set()
+    assert watch.take("ns/w", ()) == (set(), False)
     assert watch.seen("ns/w", "Deployment", "ns", "g", 3, 2) is True, "the next change is judged afresh"
+
+
+def test_an_empty_map_or_list_hetplace_applies_is_the_same_as_none_at_all():
+    """The API server leaves `nodeSelector: {}` and `tolerations: []` out of what it returns."""
+    applied = edited(lambda d: d["spec"]["template"]["spec"].update(nodeSelector={}, tolerations=[]))
+    assert differences(applied, APPLIED) == []
+    assert [d.path for d in differences(edited(lambda d: d["spec"]["template"]["spec"].update(
+        tolerations=[{"key": "edge"}])), APPLIED)] == ["spec.template.spec.tolerations"]
+
+
+def test_an_event_that_changed_nothing_leaves_hetplaces_expected_write_in_place():
+    """A status-only event already in flight before hetplace's write must not use up what the write
+    is expected to bring back, or the write itself would look like someone else's."""
+    watch = DriftWatch()
+    watch.wrote("Deployment", "ns", "g", 2)
+    assert watch.seen("ns/w", "Deployment", "ns", "g", 1, 1) is False       # status only, from before
+    assert watch.seen("ns/w", "Deployment", "ns", "g", 2, 1) is False       # hetplace's write
+    watch.wrote("Deployment", "ns", "g", GONE)
+    assert watch.seen("ns/w", "Deployment", "ns", "g", 2, 2) is False       # another status update
+    assert watch.seen("ns/w", "Deployment", "ns", "g", GONE, None) is False  # hetplace's prune
+    assert watch.take("ns/w", ()) == (set(), False)

@@ -532,13 +532,15 @@ def test_any_answer_at_all_gives_samples_or_a_telemetry_error_and_no_read_ever_r
     SiteTelemetry(client, {"site_requests": "a", "route_latency_buckets": "b"}).read()
 
 
-def test_a_prometheus_that_never_answers_costs_two_timeouts_not_one_per_link():
-    """Two queries in a row with no answer: the read asks no more, and every link falls back."""
+def test_a_prometheus_that_never_answers_costs_two_timeouts_not_one_per_query():
+    """Two queries in a row with no answer: the client asks no more until the next read — links,
+    service times and site series alike — and every link falls back."""
     import socket
     import time as clock_time
 
     from hetplace.engine.snapshot import LinkState, Pool, Resources
-    from hetplace.telemetry.prometheus import LinkTelemetry, PrometheusClient
+    from hetplace.telemetry.prometheus import GroupRef, LinkTelemetry, ServiceTimeTelemetry, SiteTelemetry
+    from hetplace.config import Settings
 
     silent = socket.socket()
     silent.bind(("127.0.0.1", 0))
@@ -547,17 +549,26 @@ def test_a_prometheus_that_never_answers_costs_two_timeouts_not_one_per_link():
         client = PrometheusClient(f"http://127.0.0.1:{silent.getsockname()[1]}", timeout_s=0.5)
         links = {f"site-{n}": LinkState(2000.0, 25.0) for n in range(12)}
         pool = Pool("lab-cpu", "cpu", "eu-west-1", "cloud-eu", Resources(4.0, 8e9, 0), 4, 0.2, links)
-        telemetry = LinkTelemetry(client, "bandwidth{{site='{site}'}}", "rtt{{site='{site}'}}", 300.0,
+        queries = Settings().queries
+        telemetry = LinkTelemetry(client, queries["link_bandwidth_bytes"], queries["link_rtt_seconds"], 300.0,
                                   clock_time.time)
+        groups = [GroupRef("ns", f"w{n}", "lab-cpu", "v") for n in range(20)]
         started = clock_time.monotonic()
         reading = telemetry.read([pool])
+        service = ServiceTimeTelemetry(client, queries).observe(groups)
+        sites = SiteTelemetry(client, queries).read()
         took_s = clock_time.monotonic() - started
+        client.new_read()
+        again = finished_within(5, lambda: telemetry.read([pool]))[1]
     finally:
         silent.close()
     assert len(reading.declared) == 12 and not reading.fresh
     assert len(reading.errors) == 2, reading.errors
-    assert took_s < 12 * 0.5, f"{took_s:.1f} s: every link waited its own timeout"
+    assert took_s < 4 * 0.5, f"{took_s:.1f} s: queries kept waiting for a Prometheus that does not answer"
     assert "not asked: 2 queries in a row got no answer" in reading.reasons[("site-11", "lab-cpu")]
+    assert service.errors == () and len(service.reasons) == 20 and not service.observed_ms
+    assert sites.errors == () and all("not asked" in r for r in sites.reasons)
+    assert again >= 2 * 0.5 * 0.9, "the next read asks Prometheus again"
 
 
 @pytest.mark.parametrize("first, later", [

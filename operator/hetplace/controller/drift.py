@@ -61,6 +61,8 @@ def differences(applied: Mapping[str, Any], live: Mapping[str, Any]) -> list[Dif
 
 
 def _compare(path: str, want: Any, have: Any, found: list[Difference]) -> None:
+    if have is None and isinstance(want, (Mapping, list)) and not want:
+        return      # the API server leaves an empty map or list out of what it returns
     if isinstance(want, Mapping):
         if not isinstance(have, Mapping):
             found.append(Difference(path, want, have))
@@ -139,8 +141,10 @@ class DriftWatch:
         """The index saw the object with `content` (GONE: deleted), having held `before` (None: not
         held). True when nothing hetplace wrote explains the change: the workload should look."""
         with self._lock:
+            if before is not None and content == before:
+                return False        # nothing hetplace applies changed (a status update, a relist)
             expected = self._expected.pop((kind, namespace, name), None)
-            if content == expected or (before is not None and content == before):
+            if content == expected:
                 return False
             if before is None and content != GONE and expected is None:
                 return False        # first seen (listed at start, or created by an earlier process)
@@ -153,21 +157,25 @@ class DriftWatch:
         with self._lock:
             self._everything.add(workload)
 
-    def take(self, workload: str, owned: Iterable[tuple[str, str]]) -> set[tuple[str, str]]:
-        """The objects of `workload` to read and compare now (`owned`: what the index holds of it)."""
+    def take(self, workload: str, owned: Iterable[tuple[str, str]]) -> tuple[set[tuple[str, str]], bool]:
+        """The objects of `workload` to read and compare now (`owned`: what the index holds of it),
+        and whether this is its first look (an object of what serves that is missing was deleted)."""
         with self._lock:
             found = self._suspects.pop(workload, set())
-            if workload in self._everything:
+            everything = workload in self._everything
+            if everything:
                 self._everything.discard(workload)
                 found |= set(owned)
-            return found
+            return found, everything
 
-    def put_back(self, workload: str, objects: Iterable[tuple[str, str]]) -> None:
-        """A reconcile that could not finish leaves its suspects for the next one."""
+    def put_back(self, workload: str, objects: Iterable[tuple[str, str]], everything: bool = False) -> None:
+        """A reconcile that could not finish leaves its suspects (and its first look) for the next one."""
         objects = set(objects)
-        if objects:
-            with self._lock:
+        with self._lock:
+            if objects:
                 self._suspects.setdefault(workload, set()).update(objects)
+            if everything:
+                self._everything.add(workload)
 
     def forget(self, workload: str) -> None:
         with self._lock:

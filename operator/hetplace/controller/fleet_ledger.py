@@ -39,7 +39,8 @@ class FleetLedger:
 
     def update(self, view: WorkloadView) -> bool:
         """Charge what `view` holds now: the placement it is bringing up, else the one serving. True
-        when what it holds changed or was let go (others refused before may fit now).
+        when a placement it held changed or was let go (others refused before may fit now; a first
+        placement only takes room).
 
         A placement is charged with the spec it was placed for: a spec that was refused (invalid,
         or infeasible: 999,999 req/s, a 0.01 ms SLO) or not decided yet runs nothing of what it asks,
@@ -71,7 +72,7 @@ class FleetLedger:
             self._held[view.key] = (view, w, held)
             if view.key not in self._pending:       # a decision being written stays charged until settled
                 self._charge(w, held)
-            return before is None or before[2].fingerprint() != held.fingerprint()
+            return before is not None and before[2].fingerprint() != held.fingerprint()
 
     def charge(self, key: str, w: Workload, decision: Decision) -> None:
         """Charge a decision just made, before its status is written (see the module's note)."""

@@ -17,7 +17,7 @@ from typing import Literal, Mapping
 from hetplace.api.status import Phase
 from hetplace.controller.drift import describe, differences
 from hetplace.controller.fleet_ledger import FleetLedger
-from hetplace.controller.inventory import Child, Picture, WorkloadView, with_applied_hash
+from hetplace.controller.inventory import APPLIED_HASH, Child, Picture, WorkloadView, with_applied_hash
 from hetplace.controller.moves import GroupKey, InFlight, Step, advance, names_of
 from hetplace.engine.decision import Decision
 from hetplace.engine.fleet import place_one
@@ -168,17 +168,20 @@ def _on(decision: Decision, pools: set[str]) -> bool:
 def converge(view: WorkloadView, choice: Choice, picture: Picture, telemetry: Telemetry,
              ready: Mapping[GroupKey, bool], now: datetime, *, move_timeout_s: float, image: str,
              dry_run: bool = False, waiting: Mapping[GroupKey, str] | None = None,
-             drain_s: float = 0.0, live: Mapping[tuple[str, str], Mapping | None] | None = None) -> Outcome:
+             drain_s: float = 0.0, live: Mapping[tuple[str, str], Mapping | None] | None = None,
+             missing_is_drift: bool = False) -> Outcome:
     """The step a choice leads to now, given which groups are ready (and, for those not, why).
     `live`: owned objects someone else changed or deleted, as the API holds them now (None:
-    deleted); each one wanted is applied again where it differs from what hetplace applies.
+    deleted); each one wanted is applied again where it differs from what hetplace applies. With
+    `missing_is_drift` (the first look after a start), an object of what serves that does not
+    exist was deleted by someone too.
 
     Only the groups of the target are (re-)rendered; a group only the running placement has is
     left exactly as it runs (its variant may even be gone from the spec) until it is deleted, and
     nothing hetplace owns is deleted before everything it runs in this step is ready."""
     deleted = _deleted_pools(view, picture)
     if choice.verdict in ("invalid", "infeasible"):
-        return _refused(view, choice, telemetry, now, deleted)
+        return _refused(view, choice, telemetry, now, deleted, _unavailable(view, picture))
     workload = view.valid
     # while the groups left behind drain, the move is still from them
     running = view.leaving if view.leaving is not None and view.migration_target is not None else view.running
@@ -205,7 +208,9 @@ def converge(view: WorkloadView, choice: Choice, picture: Picture, telemetry: Te
                  if k not in target_keys or k[0] not in picture.pools}
     uid = (view.body.get("metadata") or {}).get("uid")
     owned = {(c.kind, c.name): c for c in picture.children.get(view.key, ()) if c.owned_by(uid)}
-    drifted = _drifted(desired, owned, live or {})
+    serving_names = ({group_name(workload.metadata.name, g.pool, g.variant) for g in view.running.groups}
+                     | {routes["metadata"]["name"]} if view.running is not None and missing_is_drift else set())
+    drifted = _drifted(desired, owned, live or {}, serving_names)
     apply = tuple(o for o in desired
                   if owned.get((o["kind"], o["metadata"]["name"])) is None
                   or owned[(o["kind"], o["metadata"]["name"])].applied_hash
@@ -251,18 +256,23 @@ def converge(view: WorkloadView, choice: Choice, picture: Picture, telemetry: Te
                    "moving" if moving else ("unchanged" if choice.verdict == "keep" else "placed"), serving)
 
 
-def _drifted(desired: list[dict], owned: Mapping[tuple[str, str], Child],
-             live: Mapping[tuple[str, str], Mapping | None]) -> dict[tuple[str, str], str]:
-    """Of the objects wanted as they are, those someone else deleted or changed, with what changed."""
+def _drifted(desired: list[dict], owned: Mapping[tuple[str, str], Child], live: Mapping[tuple[str, str], Mapping | None],
+             serving_names: set[str]) -> dict[tuple[str, str], str]:
+    """Of the objects wanted, those someone else deleted or changed, with what changed. An object
+    whose applied hash differs from the one wanted is being updated by hetplace anyway: what it
+    holds is not drift. `serving_names`: objects of what serves, whose absence is a deletion."""
     found = {}
     for o in desired:
         key = (o["kind"], o["metadata"]["name"])
-        if key not in live:
-            continue
-        if live[key] is None:
+        if key in live:
+            body = live[key]
+            if body is None:
+                found[key] = f"{key[0]} {key[1]} was deleted: re-created"
+            elif ((body.get("metadata") or {}).get("annotations") or {}).get(APPLIED_HASH) == \
+                    o["metadata"]["annotations"][APPLIED_HASH] and (changed := differences(o, body)):
+                found[key] = describe(*key, changed)
+        elif key[1] in serving_names and key not in owned:
             found[key] = f"{key[0]} {key[1]} was deleted: re-created"
-        elif (changed := differences(o, live[key])):
-            found[key] = describe(*key, changed)
     return found
 
 
@@ -297,9 +307,10 @@ def _move_events(choice: Choice, step: Step, view: WorkloadView) -> tuple[Note, 
 
 
 def _refused(view: WorkloadView, choice: Choice, telemetry: Telemetry, now: datetime,
-             deleted: frozenset[str] = frozenset()) -> Outcome:
+             deleted: frozenset[str] = frozenset(), unavailable: tuple[str, ...] = ()) -> Outcome:
     """Invalid spec or no feasible placement: what runs keeps running, and status says why. What
-    runs on a ComputePool that was deleted runs on unmanaged: phase Degraded, Placed=False."""
+    runs on a ComputePool that was deleted runs on unmanaged: phase Degraded, Placed=False. Ready
+    follows what is live: False while a Deployment of what runs is `unavailable`."""
     keeping = (f"; {', '.join(f'{g.pool}/{g.variant}' for g in view.running.groups)} keeps serving"
                if view.running is not None else "")
     if choice.verdict == "invalid":
@@ -315,6 +326,13 @@ def _refused(view: WorkloadView, choice: Choice, telemetry: Telemetry, now: date
         observed = {"Valid": Observed(True, "Valid", "spec accepted"),
                     "Placed": Observed(False, reason, f"no placement meets the spec: {choice.reason}{keeping}")}
     observed["TelemetryFresh"] = telemetry.fresh
+    if unavailable:
+        observed["Ready"] = Observed(False, "Waiting", "; ".join(f"Deployment {name} not available"
+                                                                 for name in unavailable))
+    elif view.running is not None and view.status is not None and any(
+            c.type == "Ready" and c.reason == "Waiting" for c in view.status.conditions):
+        observed["Ready"] = Observed(True, "Ready", "every group of what runs is available (its model is not "
+                                                    "probed while the spec is refused)")
     for c in (view.status.conditions if view.status else ()):      # what runs is as it was
         if c.type not in observed:
             observed[c.type] = Observed({"True": True, "False": False}.get(c.status), c.reason, c.message)
@@ -330,6 +348,18 @@ def _refused(view: WorkloadView, choice: Choice, telemetry: Telemetry, now: date
         c.reason == reason and c.message == message for c in previous.conditions)
     events = () if said_before else (Note("Warning", reason, message),)
     return Outcome((), (), _changed(view, status), events, choice.verdict, view.running)
+
+
+def _unavailable(view: WorkloadView, picture: Picture) -> tuple[str, ...]:
+    """The Deployments of what runs that are not available now (deleted, scaled to 0, rolling)."""
+    if view.running is None:
+        return ()
+    name = (view.body.get("metadata") or {}).get("name", "")
+    uid = (view.body.get("metadata") or {}).get("uid")
+    available = {c.name for c in picture.children.get(view.key, ())
+                 if c.kind == "Deployment" and c.available and c.owned_by(uid)}
+    return tuple(sorted(group_name(name, g.pool, g.variant) for g in view.running.groups
+                        if group_name(name, g.pool, g.variant) not in available))
 
 
 def _deleted_pools(view: WorkloadView, picture: Picture) -> frozenset[str]:

@@ -111,6 +111,7 @@ class Operator:
     # that could change the answer changes (`recheck_refused`), and at least every rebalance cycle
     awaiting: set[str] = field(default_factory=set)
     recheck_due: bool = False
+    unread_said: tuple[str, ...] = ()           # telemetry not used, and why, as last logged
     workers: list[asyncio.Task] = field(default_factory=list)
     telemetry_read_at: float = float("-inf")
     telemetry_fresh_at: float = 0.0
@@ -221,12 +222,16 @@ class Operator:
     def child_seen(self, child: Child) -> None:
         """The index is about to hold `child`: if it changed and no write of hetplace's explains it,
         its workload looks again (and compares what it applied with what is live)."""
+        if child.workload not in (self.indices.get("workloads") or {}):
+            return      # its workload is gone (the garbage collector takes its objects): nothing to keep
         before = self.indexed_content(child.workload, child.kind, child.name)
         if self.drift.seen(child.workload, child.kind, child.namespace, child.name, child.content, before):
             self.progress(child.workload)
 
     def child_gone(self, child: Child) -> None:
         """An owned object was deleted: unless hetplace pruned it, its workload re-creates it."""
+        if child.workload not in (self.indices.get("workloads") or {}):
+            return
         if self.drift.seen(child.workload, child.kind, child.namespace, child.name, GONE, None):
             self.progress(child.workload)
 
@@ -307,8 +312,8 @@ class Operator:
                 return None
             fresh = await asyncio.to_thread(self.kube.get, API_VERSION, "InferenceWorkload", meta.get("namespace"),
                                             meta.get("name"))
-            if fresh is None:
-                return None         # deleted meanwhile
+            if fresh is None or fresh["metadata"].get("deletionTimestamp"):
+                return None         # deleted meanwhile, or being deleted (its objects go with it)
             view = workload_view(fresh, self.specs)
             if planned is not None and not planned.still_applies(view):
                 return None
@@ -319,18 +324,13 @@ class Operator:
                 if serving is not None:
                     view = dataclasses.replace(view, running=serving)
                     picture.workloads = {view.key: view}
-            suspects = self.drift.take(view.key, ((c.kind, c.name) for c in picture.children.get(view.key, ())))
+            suspects, first_look = self.drift.take(view.key, ((c.kind, c.name)
+                                                              for c in picture.children.get(view.key, ())))
             now = self.clock()
             try:
-                live = await asyncio.to_thread(self.read_live, view, suspects)
-                outcome = await self._decide_and_step(view, picture, planned, started, now, live)
-                if outcome.outcome in ("invalid", "infeasible"):
-                    # a refused spec renders nothing: what runs is left as it is, and what drifted is
-                    # compared again at the next placement
-                    self.drift.put_back(view.key, suspects)
-                return outcome
+                return await self._decide_and_step(view, picture, planned, started, now, suspects, first_look)
             except BaseException:
-                self.drift.put_back(view.key, suspects)
+                self.drift.put_back(view.key, suspects, first_look)
                 raise
             finally:
                 self.fleet.settle(view.key)     # what was charged at the decision gives way to what was written
@@ -342,18 +342,25 @@ class Operator:
                 for kind, name in sorted(objects)}
 
     async def _decide_and_step(self, view: WorkloadView, picture: Picture, planned: Planned | None, started: float,
-                               now: datetime, live: Mapping[tuple[str, str], dict | None]) -> Outcome:
-        """Decide (or take the planned move), check readiness, converge one step and execute it."""
+                               now: datetime, suspects: set[tuple[str, str]], first_look: bool = False) -> Outcome:
+        """Decide (or take the planned move), check readiness, compare the `suspects` (owned objects
+        someone else may have changed) with what is live, converge one step and execute it."""
         choice = planned.choice if planned is not None else await asyncio.to_thread(
             choose, view, picture, self.telemetry, now, self.fleet)
         choice = self.backed_off(view, choice)
+        if choice.verdict in ("keep", "move"):
+            live = await asyncio.to_thread(self.read_live, view, suspects)
+        else:       # a refused spec renders nothing: what drifted is compared at its next placement
+            live = {}
+            self.drift.put_back(view.key, suspects, first_look)
         if choice.verdict in ("keep", "move"):     # a resumed placement kept as it is was decided too
             self.metrics.decision_duration.observe(time.perf_counter() - started)
         ready, why = (await self.readiness(view, choice, picture) if choice.verdict in ("keep", "move")
                       else ({}, {}))
         outcome = converge(view, choice, picture, self.telemetry, ready, now, waiting=why,
                            move_timeout_s=self.settings.move_timeout_seconds, image=self.settings.triton_image,
-                           dry_run=self.settings.dry_run, drain_s=self.settings.drain_seconds, live=live)
+                           dry_run=self.settings.dry_run, drain_s=self.settings.drain_seconds, live=live,
+                           missing_is_drift=first_look)
         uid = view.body.get("metadata", {}).get("uid")
         owned = frozenset((c.kind, c.name) for c in picture.children.get(view.key, ()) if uid and c.owner_uid == uid)
         try:
@@ -592,9 +599,15 @@ class Operator:
         if self.link_telemetry is None:
             return
         placed = [v for v in picture.workloads.values() if v.accepted and v.running is not None]
+        self.link_telemetry.client.new_read()       # one Prometheus client serves the three readers
         reading = self.link_telemetry.read(picture.engine_pools())
-        corrections, failed = self._corrections(placed)
+        corrections, failed, unread_groups = self._corrections(placed)
         sites = self.site_telemetry.read() if self.site_telemetry is not None else SiteReading({}, {})
+        unread = (*unread_groups, *sites.reasons)
+        if unread and unread != self.unread_said:         # planned on profiles / declared traffic: say why, once
+            log.info("telemetry not used: %s", "; ".join(unread[:20]) + (f"; and {len(unread) - 20} more"
+                                                                        if len(unread) > 20 else ""))
+        self.unread_said = unread
         others = [*failed, *sites.errors]        # the link queries' own failures are in the summary
         traffic: dict[str, list[TrafficObservation]] = {}
         for (key, site), rate in sites.requests_per_second.items():
@@ -626,19 +639,22 @@ class Operator:
             time.time() - self.telemetry_fresh_at if self.telemetry_fresh_at else float("nan"))
         self.metrics.record_observed_latency(latency)
 
-    def _corrections(self, placed: list[WorkloadView]) -> tuple[dict[str, dict[tuple[str, str], float]], list[str]]:
-        """Observed over profiled service time per running (pool, variant), bounded."""
+    def _corrections(self, placed: list[WorkloadView]) -> tuple[dict[str, dict[tuple[str, str], float]], list[str],
+                                                                tuple[str, ...]]:
+        """Observed over profiled service time per running (pool, variant), bounded; the failed
+        queries; the groups with no reading and why."""
         if self.service_telemetry is None:
-            return {}, []
+            return {}, [], ()
         refs = {GroupRef(*v.key.split("/", 1), g.pool, g.variant): v for v in placed for g in v.running.groups}
-        observed, failed = self.service_telemetry.read(refs)
+        reading = self.service_telemetry.observe(refs)
+        observed, failed = reading.observed_ms, reading.errors
         corrections: dict[str, dict[tuple[str, str], float]] = {}
         for ref, ms in observed.items():
             profile = next((x for x in refs[ref].engine.variants if x.name == ref.variant), None)
             if profile is not None:
                 corrections.setdefault(f"{ref.namespace}/{ref.workload}", {})[(ref.pool, ref.variant)] = \
                     correction_factor(ms, profile.latency_ms)
-        return corrections, list(failed)
+        return corrections, list(failed), tuple(reading.reasons[g] for g in sorted(reading.reasons, key=str))
 
     async def _safely(self, body: Mapping[str, Any], planned: Planned | None = None) -> Outcome | None:
         """One workload's step from the loop: its failure is logged and stays its own."""

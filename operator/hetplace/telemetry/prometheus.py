@@ -51,11 +51,13 @@ class TelemetryError(Exception):
     """Prometheus could not be read; the message says what was asked and what came back, and
     `problem` just what came back (for a message that names the query otherwise)."""
 
-    def __init__(self, promql: str, base_url: str, problem: str, unanswered: bool = False) -> None:
+    def __init__(self, promql: str, base_url: str, problem: str, unanswered: bool = False,
+                 asked: bool = True) -> None:
         super().__init__(f"query {_excerpt_text(repr(promql), 300)} at {base_url}: {problem}")
         self.promql = promql
         self.problem = problem
         self.unanswered = unanswered        # no answer at all (timed out, unreachable)
+        self.asked = asked                  # False: not sent, Prometheus did not answer the ones before
 
 
 class _Unusable(Exception):
@@ -75,19 +77,37 @@ class Sample:
 
 class PrometheusClient:
     """Instant queries against /api/v1/query. A query takes at most `timeout_s` in all: connecting,
-    waiting and reading (a server that sends a byte now and then would never trip a socket timeout)."""
+    waiting and reading (a server that sends a byte now and then would never trip a socket timeout).
 
-    def __init__(self, base_url: str, timeout_s: float = 5.0) -> None:
+    A query with no answer costs the whole timeout: after `give_up_after` in a row (Prometheus is
+    down or hung, not one query slow) the client asks no more until `new_read` — or one read of a
+    fleet's links, groups and sites would take hours while Prometheus hangs."""
+
+    def __init__(self, base_url: str, timeout_s: float = 5.0, give_up_after: int = 2) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout_s = timeout_s
+        self.give_up_after = give_up_after
+        self._unanswered: list[str] = []     # the last queries, in a row, that got no answer
+
+    def new_read(self) -> None:
+        """A new read of telemetry begins: ask Prometheus again."""
+        self._unanswered = []
 
     def query(self, promql: str) -> list[Sample]:
+        if len(self._unanswered) >= self.give_up_after:
+            raise TelemetryError(promql, self.base_url, f"not asked: {len(self._unanswered)} queries in a row got "
+                                 f"no answer ({self._unanswered[-1]})", unanswered=True, asked=False)
         url = f"{self.base_url}/api/v1/query?" + urllib.parse.urlencode({"query": promql})
         try:
-            return _samples(*self._fetch(url))
+            samples = _samples(*self._fetch(url))
+        except _Unanswered as unanswered:
+            self._unanswered.append(str(unanswered))
+            raise TelemetryError(promql, self.base_url, str(unanswered), unanswered=True) from None
         except _Unusable as unusable:
-            raise TelemetryError(promql, self.base_url, str(unusable),
-                                 unanswered=isinstance(unusable, _Unanswered)) from None
+            self._unanswered = []
+            raise TelemetryError(promql, self.base_url, str(unusable)) from None
+        self._unanswered = []
+        return samples
 
     def _fetch(self, url: str) -> tuple[int, bytes]:
         # A worker thread, so that name resolution and a trickle of headers are inside the deadline
@@ -289,21 +309,15 @@ class LinkTelemetry:
         now = self.clock()
         observations, fresh, kept, declared, errors = [], [], [], [], []
         reasons: dict[tuple[str, str], str] = {}
-        # a query with no answer costs the whole timeout: after two in a row (Prometheus is down or
-        # hung, not one query slow) the read asks no more, or a hundred links would take minutes
-        unanswered: list[str] = []
         for pool in pools:
             for site in sorted(pool.links):
                 key = (site, pool.name)
                 try:
-                    reading = (f"not asked: {len(unanswered)} queries in a row got no answer ({unanswered[-1]})"
-                               if len(unanswered) >= 2 else self._read_one(site, pool.name, now))
-                    if not isinstance(reading, str) or not reading.startswith("not asked"):
-                        unanswered.clear()
+                    reading = self._read_one(site, pool.name, now)
                 except TelemetryError as failed:
-                    errors.append(str(failed))
+                    if failed.asked:
+                        errors.append(str(failed))
                     reading = failed.problem
-                    unanswered = [*unanswered, failed.problem] if failed.unanswered else []
                 if isinstance(reading, LinkObservation):
                     self._last_good[key] = (reading, now)
                     observations.append(reading)
@@ -342,7 +356,7 @@ class LinkTelemetry:
             samples = _ask(self.client, template, names)
         except TelemetryError as failed:
             raise TelemetryError(failed.promql, self.client.base_url, f"{what} query: {failed.problem}",
-                                 failed.unanswered) from None
+                                 failed.unanswered, failed.asked) from None
         return samples[0] if samples else f"no {what} series"
 
 
@@ -389,7 +403,8 @@ class ServiceTimeTelemetry:
             try:
                 service_time = self._service_time_ms(g)
             except TelemetryError as failed:
-                errors.append(str(failed))
+                if failed.asked:
+                    errors.append(str(failed))
                 service_time = failed.problem
             if isinstance(service_time, float):
                 observed[g] = service_time
@@ -406,7 +421,8 @@ class ServiceTimeTelemetry:
             try:
                 samples = _ask(self.client, self.queries[name], names)
             except TelemetryError as failed:
-                raise TelemetryError(failed.promql, self.client.base_url, f"{name} query: {failed.problem}") from None
+                raise TelemetryError(failed.promql, self.client.base_url, f"{name} query: {failed.problem}",
+                                     failed.unanswered, failed.asked) from None
             rates[name] = samples[0].value if samples else None
             if samples and (why := _implausible(f"{name} rate", samples[0].value, unit, 0.0, math.inf)):
                 return why
@@ -471,7 +487,10 @@ class SiteTelemetry:
         try:
             samples = _ask(self.client, self.queries[name], {})
         except TelemetryError as failed:
-            errors.append(str(failed))
+            if failed.asked:
+                errors.append(str(failed))
+            else:
+                reasons.append(f"{name}: {failed.problem}")
             return []
         keyed = []
         for s in samples:
