@@ -770,3 +770,21 @@ def test_a_refused_workload_is_not_ready_while_what_runs_is_unavailable():
     refused.unavailable.clear()
     refused.cycle(T0 + timedelta(minutes=2))
     assert condition(refused, "Ready")["status"] == "True", "available again"
+
+
+def test_a_refused_workload_whose_closest_miss_moves_is_not_warned_about_again():
+    """Decided again every cycle, a refused workload's message moves with telemetry (a latency, a
+    link's load): the Warning is recorded once per reason and wording, not once per figure."""
+    cluster = placed_cluster()
+    body = copy.deepcopy(cluster.body)
+    body["metadata"]["generation"] = 2
+    body["spec"]["slo"]["latencyMs"] = 1
+    refused = Cluster(body)
+    first = refused.cycle(T0 + timedelta(minutes=1))
+    assert [n.reason for n in first.events] == ["Infeasible"]
+    said = condition(refused, "Placed")["message"]
+    slower = Telemetry(corrections={"factory/defect-detector": {("gpu-cloud-eu", "trt-fp16"): 1.5,
+                                                                ("arm-factory-eu-1", "trt-int8-orin"): 1.5}})
+    again = refused.cycle(T0 + timedelta(minutes=2), slower)
+    assert condition(refused, "Placed")["message"] != said, "status says the figures as they are now"
+    assert again.events == ()

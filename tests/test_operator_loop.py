@@ -211,3 +211,34 @@ def test_an_object_the_index_shows_this_workload_controls_is_applied_without_ask
     operator.execute(view, outcome, owned=frozenset({("Deployment", "w-pool-v")}))
     assert operator.kube.calls == [("apply", "w-pool-v"), ("get", "w-pool-v"), ("apply", "w-pool-v")], \
         "the Service, not in the index as this workload's, is checked first"
+
+
+class HeldByAnotherKube(RecordingKube):
+    """Every object exists, controlled by another workload; Events are recorded."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.events: list[tuple[str, str]] = []
+
+    def get(self, api_version, kind, namespace, name):
+        self.calls.append(("get", name))
+        return {"metadata": {"name": name, "ownerReferences": [
+            {"kind": "InferenceWorkload", "name": "rival", "uid": "u2", "controller": True}]}}
+
+    def event(self, involved, type_, reason, message, now_iso):
+        self.events.append((reason, message))
+
+
+def test_an_object_not_applied_for_a_name_conflict_is_not_said_to_be_corrected():
+    from hetplace.controller.inventory import workload_view
+    from hetplace.controller.reconcile import Note, Outcome
+
+    operator = standalone_operator(Recorder())
+    operator.kube = HeldByAnotherKube()
+    view = workload_view({"metadata": {"name": "w", "namespace": "ns", "uid": "u1", "generation": 1}})
+    service = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "w-pool-v", "namespace": "ns"}}
+    notes = (Note("Warning", "DriftCorrected", "Service w-pool-v was deleted: re-created"),)
+    for _ in range(2):          # the conflict is reported once; the correction is claimed neither time
+        operator.execute(view, Outcome((service,), (), None, notes, "placed", None))
+    assert [reason for reason, _ in operator.kube.events] == ["NameConflict"]
+    assert ("apply", "w-pool-v") not in operator.kube.calls

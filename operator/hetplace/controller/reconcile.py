@@ -10,6 +10,7 @@ talks to the API or reads a clock.
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal, Mapping
@@ -344,10 +345,16 @@ def _refused(view: WorkloadView, choice: Choice, telemetry: Telemetry, now: date
     if choice.verdict == "infeasible":
         status["rejected"] = workload_status(name, view.generation, choice.target, phase, now, observed).wire()["rejected"]
     message = observed["Valid"].message if choice.verdict == "invalid" else observed["Placed"].message
+    # said before: the same reason and message but for its figures (a refused workload is decided
+    # again every cycle, and a latency or a link's load in its message moves with telemetry)
     said_before = previous is not None and previous.phase == phase and any(
-        c.reason == reason and c.message == message for c in previous.conditions)
+        c.reason == reason and _figures_apart(c.message) == _figures_apart(message) for c in previous.conditions)
     events = () if said_before else (Note("Warning", reason, message),)
     return Outcome((), (), _changed(view, status), events, choice.verdict, view.running)
+
+
+def _figures_apart(message: str) -> str:
+    return re.sub(r"\d+(\.\d+)?", "#", message)
 
 
 def _unavailable(view: WorkloadView, picture: Picture) -> tuple[str, ...]:

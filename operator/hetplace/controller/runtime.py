@@ -426,10 +426,12 @@ class Operator:
         (applied again without asking the API who holds them)."""
         uid = view.body.get("metadata", {}).get("uid")
         conflicts = []
+        skipped: list[str] = []         # objects not applied: nothing of theirs was corrected
         for obj in outcome.apply:
             ours = (obj["kind"], obj["metadata"]["name"]) in owned
             holder = None if ours else self.held_by_another(obj, uid)
             if holder:
+                skipped += [f"{obj['kind']} {obj['metadata']['name']}:", f"{obj['kind']} {obj['metadata']['name']} "]
                 conflict = f"{obj['kind']} {obj['metadata']['name']} already belongs to {holder}"
                 if (view.key, conflict) not in self.reported_conflicts:      # said once, not every poll
                     self.reported_conflicts.add((view.key, conflict))
@@ -449,8 +451,10 @@ class Operator:
             if written:       # charge it now: the next decision must not wait for the watch to see it
                 self.indexed(written)
         now = self.clock().isoformat().replace("+00:00", "Z")
-        notes = [*outcome.events, *(Note("Warning", "NameConflict", f"{c}: not taken over (rename the workload, "
-                                         "or remove that object)") for c in conflicts)]
+        notes = [*(n for n in outcome.events
+                   if not (n.reason == "DriftCorrected" and n.message.startswith(tuple(skipped)))),
+                 *(Note("Warning", "NameConflict", f"{c}: not taken over (rename the workload, "
+                                                    "or remove that object)") for c in conflicts)]
         for note in notes:
             try:
                 self.kube.event({"apiVersion": API_VERSION, "kind": "InferenceWorkload", "metadata": meta},
