@@ -225,3 +225,29 @@ def test_a_malformed_prometheus_answer_costs_no_rebalance_cycle(kube, start_oper
          what="three more rebalance cycles completed")
     assert "rebalance cycle failed" not in operator.log_path.read_text()
     assert pools_placed(kube) == ["cpu-cloud-eu"]
+
+
+def test_an_owned_object_whose_managed_by_label_is_removed_is_labelled_again(kube, start_operator):  # noqa: F811
+    """Out of the label-selected watch, the object leaves it as a deletion (the API server's watch
+    sends DELETED when an object stops matching): hetplace reads it and applies its labels again."""
+    operator = start_operator()
+    apply_factory(kube)
+    wait(kube, ready_on(["cpu-cloud-eu"]), operator)
+    kube.patch(*DEPLOYMENT, CPU_GROUP, {"metadata": {"labels": {"app.kubernetes.io/managed-by": None}}}, NS,
+               field_manager="kubectl-label")
+    restored(kube, operator, lambda c: (c.get(*DEPLOYMENT, CPU_GROUP, NS)["metadata"].get("labels") or {})
+             .get("app.kubernetes.io/managed-by") == "hetplace", "the label applied again")
+    assert any(f"Deployment {CPU_GROUP}: metadata.labels.app.kubernetes.io/managed-by was absent" in m
+               for m in drift_events(kube)), drift_events(kube)
+
+
+def test_only_the_objects_hetplace_owns_are_listed_and_watched(kube, start_operator):  # noqa: F811
+    """A cluster's other ConfigMaps, Services and Deployments never reach the operator: the API
+    server filters them (kopf's own label filters are applied after the whole object arrived)."""
+    operator = start_operator()
+    apply_factory(kube)
+    wait(kube, ready_on(["cpu-cloud-eu"]), operator)
+    reads = [c for c in kube.requests("GET", r"/(deployments|services|configmaps)$")]
+    assert reads, "the operator lists and watches its objects"
+    assert all(c.query.get("labelSelector") == "app.kubernetes.io/managed-by=hetplace" for c in reads), \
+        sorted({f"{c.path}?{c.query}" for c in reads})

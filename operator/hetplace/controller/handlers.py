@@ -22,6 +22,8 @@ from hetplace.controller.inventory import child_view, node_view, pool_view
 
 GROUP, VERSION = "hetplace.io", "v1alpha1"
 MANAGED = {"app.kubernetes.io/managed-by": "hetplace"}
+MANAGED_SELECTOR = "app.kubernetes.io/managed-by=hetplace"
+OWNED_KINDS = (("apps", "deployments"), ("", "services"), ("", "configmaps"))
 KOPF_PREFIX = "hetplace.io"
 log = logging.getLogger("hetplace")
 
@@ -42,7 +44,15 @@ def kopf_settings(settings: Settings) -> kopf.OperatorSettings:
     # kopf's per-object worker keeps the last event's body while it idles; hetplace's handlers are
     # quick (a workload's reconcile waits in the operator's own queue as a name), so idle briefly
     kopf_settings.queueing.idle_timeout = 1.0
+    # the API server sends only the objects hetplace owns (kopf's own label filters are client-side:
+    # without this it would hold every Deployment, Service and ConfigMap of the cluster), and one
+    # that stops matching — its label removed — as a deletion, which the handlers below see
+    kopf_settings.watching.label_selectors[_owned_kinds] = MANAGED_SELECTOR
     return kopf_settings
+
+
+def _owned_kinds(resource: kopf.Resource) -> bool:
+    return (resource.group, resource.plural) in OWNED_KINDS
 
 
 class SharedMemo(kopf.Memo):
@@ -122,10 +132,10 @@ def make_registry() -> kopf.OperatorRegistry:
 
     for plural, group in (("deployments", "apps"), ("services", ""), ("configmaps", "")):
         kopf.index(group, "v1", plural, labels=MANAGED, registry=registry, id=plural)(owned)
-    for plural in ("services", "configmaps"):
-        kopf.on.event("", "v1", plural, labels=MANAGED, registry=registry, id=f"{plural[:-1]}-gone")(owned_gone)
+    for plural in ("services", "configmaps"):     # no label filter: one whose label was removed leaves as DELETED
+        kopf.on.event("", "v1", plural, registry=registry, id=f"{plural[:-1]}-gone")(owned_gone)
 
-    @kopf.on.event("apps", "v1", "deployments", labels=MANAGED, registry=registry, id="deployment-changed")
+    @kopf.on.event("apps", "v1", "deployments", registry=registry, id="deployment-changed")
     async def deployment_changed(type: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
         child = child_view(dict(body))
         if child is None:
