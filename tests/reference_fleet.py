@@ -1,4 +1,4 @@
-"""An exhaustive reading of fleet placement (DESIGN §3, model v1, many workloads), written apart from the engine.
+"""An exhaustive reading of fleet placement (docs/design.md §3, model v1, many workloads), written apart from the engine.
 
 The fleet problem: every site of every workload gets a route (pool, variant, encoding); link
 loads are the sum over all workloads on each (site, pool) link plus the snapshot's background;
@@ -16,7 +16,7 @@ and (3) a prefix of the fleet that is already infeasible stays so. `prune=False`
 of it off and evaluates the plain cartesian product; tests check that both agree.
 
 Only the input dataclasses of the engine are imported; queueing, links, capacity and costs are
-re-derived here from DESIGN §3.
+re-derived here from docs/design.md §3.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""A brute-force reading of placement model v1 (DESIGN §3), written apart from the engine to check it.
+"""A brute-force reading of placement model v1 (docs/design.md §3), written apart from the engine to check it.
 
 Everything here is plain `math` over the engine's input dataclasses: every assignment of
 (pool, variant, encoding) to every site is enumerated, assignments breaking a rule are dropped,
@@ -17,7 +17,7 @@ from hetplace.engine.snapshot import Encoding, Pool, Snapshot, Traffic, Variant,
 # A pool's own site reaches it over the local network unless an explicit link says otherwise.
 LOCAL_BANDWIDTH_BYTES_PER_S = 1_250_000.0 * 1000.0
 LOCAL_RTT_S = 0.5 / 1000.0
-# Costs closer than this are the same cost (DESIGN: ties within 1e-9 $/h).
+# Costs closer than this are the same cost (docs/design.md §3: ties within 1e-9 $/h).
 COST_TIE_PER_HOUR = 1e-9
 # Two costs further apart than this are surely ordered the same way by any sane arithmetic;
 # between the tie width and this the order depends on rounding, so the optimum is ambiguous.

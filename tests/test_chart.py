@@ -1,5 +1,5 @@
 """The Helm chart, the kustomize manifests rendered from it and the Dockerfile, checked with the real
-helm v4 and kubectl v1.34 binaries (DESIGN §6; `make chart-tools` puts them in .tools/bin/).
+helm v4 and kubectl v1.34 binaries (docs/design.md §6; `make chart-tools` puts them in .tools/bin/).
 
 Every rendered object is validated: built-in kinds strictly against the Kubernetes 1.34 JSON schema
 (`kubernetes-validate`), the peering objects against the CRD the chart ships, the ServiceMonitor

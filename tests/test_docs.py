@@ -151,3 +151,18 @@ def test_relative_links_resolve(page: Path, target: str) -> None:
 def test_the_readme_lists_every_docs_page() -> None:
     linked = {t for p, t in links() if p.name == "README.md"}
     assert {f"docs/{p.name}" for p in DOCS.glob("*.md")} <= linked
+
+
+def test_the_repository_cites_its_own_design_not_one_outside_it() -> None:
+    """Docs, help texts and comments cite docs/design.md; nothing points outside the repository."""
+    tracked = [p for p in REPO.rglob("*") if p.is_file() and p.suffix in (".py", ".md", ".yaml", ".txt", ".toml")
+               and not any(part.startswith(".") or part.endswith(".egg-info") for part in p.relative_to(REPO).parts)
+               and "results" not in p.relative_to(REPO).parts]
+    tracked.append(REPO / "Makefile")
+    outside = [f"{p.relative_to(REPO)}:{n}" for p in tracked if p.name != "test_docs.py"
+               for n, line in enumerate(p.read_text().splitlines(), 1)
+               if re.search(r"\bDESIGN\b|\.\./shared", line)]
+    assert outside == []
+    cited = set(re.findall(r"docs/design\.md §(\d+)", CODE + TEST_CODE + "".join(p.read_text() for p in PAGES)))
+    headings = set(re.findall(r"^## (\d+)\.", (DOCS / "design.md").read_text(), re.M))
+    assert cited and cited <= headings, f"cited sections {sorted(cited - headings)} are not in docs/design.md"

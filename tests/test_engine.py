@@ -1,4 +1,4 @@
-"""The placement engine: the worked example of DESIGN §3, each filter alone, tie-breaks, diagnosis."""
+"""The placement engine: the worked example of docs/design.md §3, each filter alone, tie-breaks, diagnosis."""
 
 from __future__ import annotations
 

@@ -50,7 +50,7 @@ def test_reference_erlang_c_matches_the_textbook(servers: int, offered_load: flo
     assert reference.erlang_c(servers, offered_load) == pytest.approx(waiting, rel=1e-12)
 
 
-# --- the worked example of DESIGN §3 ----------------------------------------------------------
+# --- the worked example of docs/design.md §3 ----------------------------------------------------------
 
 def factory_pools(factory_to_cloud_kbps: float) -> tuple[Pool, ...]:
     to_cloud = {"factory-eu-1": LinkState(factory_to_cloud_kbps, 25)}
@@ -83,7 +83,7 @@ FACTORY_WORKLOAD = Workload(
     regions=("eu-west-1", "eu-central-1"),
 )
 
-# site -> (pool, variant, replicas, encoding, predicted latency in ms to DESIGN's one decimal)
+# site -> (pool, variant, replicas, encoding, predicted latency in ms to docs/design.md's one decimal)
 Routes = dict[str, tuple[str, str, int, str, float]]
 
 
@@ -334,7 +334,7 @@ def test_engine_agrees_with_brute_force(objective: str, data: st.DataObject) -> 
 
 
 def assert_keeps_the_rules(w: Workload, snap: Snapshot, decision: Decision) -> None:
-    """What every returned placement owes DESIGN §3, whichever optimum it picked."""
+    """What every returned placement owes docs/design.md §3, whichever optimum it picked."""
     assert decision.cost_per_hour >= 0
     if not decision.feasible:
         assert decision.groups == ()

@@ -2,7 +2,7 @@
 tests/kube/ by default, or the test cluster named by HETPLACE_TEST_KUBECONFIG (whose current context
 must be the test one; tests that need the emulator's faults, holds or request log are skipped there).
 
-Each test applies the factory example (DESIGN §3) as a user would and waits, by polling with a
+Each test applies the factory example (docs/design.md §3) as a user would and waits, by polling with a
 deadline, for what a user would see: status, Events and the objects hetplace owns. Model readiness
 goes through tritonclient to MLServer (a real KServe-V2 server, a subprocess); link bandwidth comes
 from Debian's Prometheus scraping an exporter the test sets.

@@ -23,8 +23,8 @@ pytestmark = pytest.mark.unit
 REPO = Path(__file__).resolve().parents[1]
 FACTORY_SCENARIO = REPO / "manifests" / "examples" / "factory-bandwidth-drop.yaml"
 DROP_S, RECOVERY_S, END_S, STEP_S = 900, 2700, 3600, 60
-NOMINAL_PER_HOUR = 0.534          # cpu-cloud-eu/openvino-int8 x3 (DESIGN §3)
-DROPPED_PER_HOUR = 0.58308        # + arm-factory-eu-1/trt-int8-orin x1 for factory-eu-1 (DESIGN: about 0.5831)
+NOMINAL_PER_HOUR = 0.534          # cpu-cloud-eu/openvino-int8 x3 (docs/design.md §3)
+DROPPED_PER_HOUR = 0.58308        # + arm-factory-eu-1/trt-int8-orin x1 for factory-eu-1 (docs/design.md §3: about 0.5831)
 GPU_PER_HOUR = 0.81               # gpu-cloud-eu/trt-fp16 x1
 
 

@@ -231,7 +231,7 @@ def solver_output_to_stderr():
 @user_errors
 def run_operator(priority: int | None, standalone: bool, namespaces: tuple[str, ...], liveness_endpoint: str | None,
                  verbose: bool) -> None:
-    """The operator: watch ComputePools and InferenceWorkloads, place, deploy Triton, move (DESIGN §4).
+    """The operator: watch ComputePools and InferenceWorkloads, place, deploy Triton, move (docs/design.md §4).
 
     Settings come from HETPLACE_* variables (see config.py and the chart's values); the cluster from
     the pod's service account, or KUBECONFIG."""

@@ -15,7 +15,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from hetplace.telemetry.triton import DEFAULT_ENDPOINT_TEMPLATE, check_endpoint_template
 
-# Triton's own metrics (DESIGN §4); {namespace}, {workload}, {pool}, {variant}, {site} are filled in.
+# Triton's own metrics (docs/design.md §4); {namespace}, {workload}, {pool}, {variant}, {site} are filled in.
 DEFAULT_QUERIES = {
     "request_duration_us": 'sum(rate(nv_inference_request_duration_us{{namespace="{namespace}",'
                            'hetplace_io_workload="{workload}",hetplace_io_pool="{pool}"}}[5m]))',

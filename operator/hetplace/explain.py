@@ -91,7 +91,7 @@ def what_moved(before: Case, after: Case, pools_after: tuple[Pool, ...]) -> list
 # --- presentation -------------------------------------------------------------------------------
 
 def decision_json(d: Decision) -> dict[str, Any]:
-    """The JSON of DESIGN §5: exactly these keys."""
+    """The JSON of docs/design.md §5: exactly these keys."""
     return {
         "workload": d.workload,
         "feasible": d.feasible,

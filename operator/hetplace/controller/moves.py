@@ -1,4 +1,4 @@
-"""Make-before-break moves as a pure state machine (DESIGN §4): what to run, where routes point,
+"""Make-before-break moves as a pure state machine (docs/design.md §4): what to run, where routes point,
 what to delete, and the phase to report — from what is observed ready and the time.
 
 A move from `old` to `new` first runs both: groups only in `new` are created, groups in both keep

@@ -554,7 +554,7 @@ class Operator:
                     log.warning("event InvalidSpec on ComputePool %s not recorded: %s", name, lost)
 
     async def rebalance(self) -> None:
-        """Telemetry -> global solve -> hysteresis -> bounded moves (DESIGN §4)."""
+        """Telemetry -> global solve -> hysteresis -> bounded moves (docs/design.md §4)."""
         picture = self.picture()        # read on the event loop: kopf's indexes change there
         self.recheck_refused()
         await self.refresh_telemetry(picture)

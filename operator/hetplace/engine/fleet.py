@@ -1,6 +1,6 @@
 """Several workloads on shared pools and links: the whole fleet at once, or one against the rest.
 
-`place_in_order` is the fast greedy of DESIGN §3: each workload in turn, charged to the
+`place_in_order` is the fast greedy of docs/design.md §3: each workload in turn, charged to the
 snapshot. `place_fleet` is the global optimiser (a MILP over candidate groups, see
 fleet_milp); the greedy is its bound and its fallback. `place_one` is the incremental path:
 one changed workload decided against all the others held where they are.

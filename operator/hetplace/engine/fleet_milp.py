@@ -1,6 +1,6 @@
 """The global optimiser: every workload's groups chosen at once under shared capacity and links.
 
-Formulation (DESIGN §3 "Global"). A *piece* is one candidate group of one workload serving a
+Formulation (docs/design.md §3 "Global"). A *piece* is one candidate group of one workload serving a
 subset of its sites: (pool, variant, replicas, an encoding per site), costed and sized on the
 pools alone by the single-workload tables (groups.py). The MILP picks pieces:
   - binary x_i per piece, binary u_w "workload w stays unplaced" (priced far above any placement);
@@ -77,7 +77,7 @@ class Piece:
     replicas: int
     compute_s: float
     cost_per_hour: float
-    rank: int                            # Σ encoding positions: the tie-break of DESIGN §3
+    rank: int                            # Σ encoding positions: the tie-break of docs/design.md §3
     routes: tuple[PieceRoute, ...]
     request: Resources                   # per replica
 

@@ -4,7 +4,7 @@ Sites are partitioned into groups; a group is one (pool, variant) and every pool
 one group. A dynamic programme over site subsets that ignores the one-group-per-pool rule gives
 a lower bound; a branch and bound guided by that bound restores the rule, and usually finishes
 on its first dive. Keys compare lexicographically: (cost, encoding ranks, worst latency), so
-the tie-breaks of DESIGN §3 are part of the optimum, and candidates are visited in name order.
+the tie-breaks of docs/design.md §3 are part of the optimum, and candidates are visited in name order.
 
 MinLatency bisects on the worst route latency: at each level the same search finds the cheapest
 placement whose groups all stay under it, over a table where each group may also take more

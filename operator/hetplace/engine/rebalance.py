@@ -1,6 +1,6 @@
 """Which running workloads move this cycle, and why: the global target filtered by hysteresis.
 
-A running workload moves (DESIGN §3 "Hysteresis") when
+A running workload moves (docs/design.md §3 "Hysteresis") when
   - its deployed placement no longer meets its spec under the observed conditions (a route over
     its SLO or unserved, a pool down, a constraint it now breaks) and a feasible one exists —
     an SLO repair, which does not wait for the cooldown: a broken placement left alone for

@@ -9,7 +9,7 @@ from typing import Literal, Mapping
 Hardware = Literal["gpu", "cpu", "arm"]
 Objective = Literal["MinCost", "MinLatency"]
 
-# A pool's own site reaches it over the local network (DESIGN §3).
+# A pool's own site reaches it over the local network (docs/design.md §3).
 LOCAL_BANDWIDTH_KBPS = 1_250_000.0
 LOCAL_RTT_MS = 0.5
 

@@ -19,7 +19,7 @@ Charge = tuple[tuple[tuple[str, Resources], ...], tuple[tuple[Link, float], ...]
 
 
 def route_bytes_per_s(w: Workload, encoding: Encoding, requests_per_second: float) -> float:
-    """What one route puts on its link: its requests and their responses (DESIGN §3)."""
+    """What one route puts on its link: its requests and their responses (docs/design.md §3)."""
     return requests_per_second * (encoding.request_bytes + w.response_bytes)
 
 

@@ -1,5 +1,5 @@
 """A decision as Kubernetes objects: per group a Triton Deployment and its Service, and one ConfigMap
-of routes (site -> endpoint and encoding). Pure: objects in, plain dicts out (DESIGN §4).
+of routes (site -> endpoint and encoding). Pure: objects in, plain dicts out (docs/design.md §4).
 """
 
 from __future__ import annotations

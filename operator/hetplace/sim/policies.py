@@ -63,7 +63,7 @@ def placement_label(decision: Decision | None) -> str:
 
 
 class ControlLoop:
-    """hetplace's rebalance cycle (DESIGN §3 Hysteresis) on the pools it may use; each cycle's
+    """hetplace's rebalance cycle (docs/design.md §3 Hysteresis) on the pools it may use; each cycle's
     moves take effect one step after the state it saw. With `adapts=False` it deploys once."""
 
     def __init__(self, hardware: frozenset[Hardware] | None = None, *, adapts: bool = True,

@@ -1,4 +1,4 @@
-"""How a simulation is shown: the JSON of DESIGN §5 and the comparison printed in the terminal."""
+"""How a simulation is shown: the JSON of docs/design.md §5 and the comparison printed in the terminal."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ MAX_MOVE_LINES = 6
 
 def simulation_json(sim: Simulation) -> dict[str, Any]:
     """`{scenario, steps, stepSeconds, policies: {name: {sloAttainment, meanCostPerHour, migrations, resizes, timeline}}}`
-    (`resizes`, beyond DESIGN §5: replicas or encodings changed in place, not counted as migrations)."""
+    (`resizes`, beyond docs/design.md §5: replicas or encodings changed in place, not counted as migrations)."""
     return {
         "scenario": sim.trace.name,
         "steps": len(sim.trace.step_times),

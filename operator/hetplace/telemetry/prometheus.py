@@ -2,7 +2,7 @@
 
 Observations carry their sample time; `LinkTelemetry` keeps the last good reading of every link,
 so a failed or stale scrape falls back to it, then to the declared link, and says which
-(DESIGN §4, the `TelemetryFresh` condition).
+(docs/design.md §4, the `TelemetryFresh` condition).
 
 What cannot be used never stops a read (docs/telemetry.md, "Answers hetplace cannot use"):
 

@@ -1,6 +1,6 @@
 """Ask a Triton (KServe V2) endpoint through tritonclient whether a model is ready, and what it serves.
 
-The operator calls this before routes switch to a new group (DESIGN §4, make-before-break), from
+The operator calls this before routes switch to a new group (docs/design.md §4, make-before-break), from
 `asyncio.to_thread`: every call builds its own client and closes it, so calls share nothing and
 may run in any thread. Every request carries a timeout, and `probe_model` never raises on a
 network error: an endpoint that cannot be asked is a not-ready verdict that says why.
@@ -17,7 +17,7 @@ from tritonclient.utils import InferenceServerException
 
 Protocol = Literal["http", "grpc"]
 
-HTTP_PORT = 8000        # the ports of the Triton Deployment's container and Service (DESIGN §4)
+HTTP_PORT = 8000        # the ports of the Triton Deployment's container and Service (docs/design.md §4)
 GRPC_PORT = 8001
 PORTS: dict[Protocol, int] = {"http": HTTP_PORT, "grpc": GRPC_PORT}
 
