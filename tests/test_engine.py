@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 
 import pytest
+import yaml
 
 from builders import a_pool, a_workload
 from hetplace.api.load import load_manifests
@@ -280,12 +281,14 @@ def test_the_bundled_factory_example_is_the_shared_worked_example():
     assert [w.wire() for w in theirs.workloads] == [w.wire() for w in ours.workloads]
 
 
-def test_the_bundled_bandwidth_drop_scenario_is_the_shared_one_byte_for_byte():
+def test_the_bundled_bandwidth_drop_scenario_is_the_shared_one_document_for_document():
+    # the same documents; its comments cite the repository's own docs/design.md
     shared = REPO.parent / "shared" / "examples" / "factory.yaml"
     if not shared.exists():
         pytest.skip("the shared examples are not beside this checkout")
     bundled = REPO / "manifests" / "examples" / "factory-bandwidth-drop.yaml"
-    assert bundled.read_bytes() == shared.read_bytes(), f"copy {shared} to {bundled} again"
+    assert list(yaml.safe_load_all(bundled.read_text())) == list(yaml.safe_load_all(shared.read_text())), \
+        f"copy the documents of {shared} to {bundled} again"
 
 
 def test_below_p90_the_mean_service_time_bounds_how_many_replicas_are_tried():
