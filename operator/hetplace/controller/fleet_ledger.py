@@ -60,9 +60,10 @@ class FleetLedger:
                 self._drop(view.key)
                 return before is not None
             placed_as_is = view.accepted and (view.kept_status is None or view.kept_status.placed_at(view.generation))
+            moved = before is not None and before[2].fingerprint() != held.fingerprint()
             if placed_as_is:
                 w = self.to_engine(view)
-            elif before is not None and same_uid and before[2].fingerprint() == held.fingerprint():
+            elif before is not None and same_uid and not moved:
                 view, w = before[0], self.to_engine(before[0])      # the spec that was placed
             elif view.accepted:
                 view = dataclasses.replace(view, engine=as_running(view.engine, held))
@@ -72,7 +73,7 @@ class FleetLedger:
             self._held[view.key] = (view, w, held)
             if view.key not in self._pending:       # a decision being written stays charged until settled
                 self._charge(w, held)
-            return before is not None and before[2].fingerprint() != held.fingerprint()
+            return moved
 
     def charge(self, key: str, w: Workload, decision: Decision) -> None:
         """Charge a decision just made, before its status is written (see the module's note)."""

@@ -18,7 +18,7 @@ from hetplace.api.errors import InvalidObject
 from hetplace.api.load import validate_manifest
 from hetplace.api.models import ComputePool, InferenceWorkload, InferenceWorkloadStatus
 from hetplace.api.quantity import parse_cpu, parse_memory
-from hetplace.api.status import PlacementStatus
+from hetplace.api.status import Phase, PlacementStatus
 from hetplace.controller.drift import content_digest
 from hetplace.engine.decision import Decision, GroupPlan, RoutePlan
 from hetplace.engine.from_api import pool_from_spec, workload_from_spec
@@ -83,11 +83,11 @@ class KeptStatus:
     def refused_at(self, generation: int) -> bool:
         """The spec of `generation` was decided and could not be placed as asked (Infeasible, or
         Degraded: what runs is not what it asks): it waits for something to change."""
-        return self.observed_generation == generation and self.phase in ("Infeasible", "Degraded")
+        return self.observed_generation == generation and self.phase in (Phase.INFEASIBLE, Phase.DEGRADED)
 
     def placed_at(self, generation: int) -> bool:
         """What runs (or is being brought up) was decided for the spec of `generation`."""
-        return self.observed_generation == generation and self.phase in ("Placed", "Migrating")
+        return self.observed_generation == generation and self.phase in (Phase.PLACED, Phase.MIGRATING)
 
     @property
     def bringing_up(self) -> bool:

@@ -390,12 +390,6 @@ class ServiceTimeTelemetry:
     client: PrometheusClient
     queries: Mapping[str, str]       # request_duration_us, queue_duration_us, request_success
 
-    def read(self, groups: Iterable[GroupRef]) -> tuple[dict[GroupRef, float], tuple[str, ...]]:
-        """The observed service times in ms, and the failed queries (`observe` also says why each
-        group without a reading has none)."""
-        reading = self.observe(groups)
-        return dict(reading.observed_ms), reading.errors
-
     def observe(self, groups: Iterable[GroupRef]) -> ServiceTimeReading:
         """Never raises: a group that cannot be read has its reason in `reasons`."""
         observed, errors, reasons = {}, [], {}
