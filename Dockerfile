@@ -1,5 +1,6 @@
 # syntax=docker/dockerfile:1
-# The operator's image: `hetplace run` (the chart passes only its flags). Two stages: the builder
+# hetplace's image: the operator (`hetplace run`) and the site gateway (`hetplace gateway --site SITE`);
+# the entrypoint is `hetplace` and the chart passes the command and its flags. Two stages: the builder
 # installs the wheel and its pinned dependencies into a venv; the runtime copies that venv alone.
 # No Docker engine runs on the build machine, so CI does not build this (README: Status and limits).
 # Pin the base by digest at release (python:3.11.13-slim-bookworm@sha256:…): the tag is exact, the
@@ -30,6 +31,7 @@ ENV PATH=/opt/hetplace/bin:$PATH \
 # A numeric non-root user (the chart's runAsUser), so runAsNonRoot can verify it without /etc/passwd.
 USER 65532:65532
 WORKDIR /tmp
-# /metrics (HETPLACE_METRICS_PORT) and kopf's health endpoint (--liveness)
-EXPOSE 8080 8081
-ENTRYPOINT ["hetplace", "run"]
+# The operator: /metrics (HETPLACE_METRICS_PORT) and kopf's health endpoint (--liveness).
+# The gateway: KServe-V2 HTTP (--http-port) and gRPC (--grpc-port), and /metrics (--metrics-port).
+EXPOSE 8080 8081 8000 8001 9090
+ENTRYPOINT ["hetplace"]

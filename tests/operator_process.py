@@ -18,6 +18,8 @@ from kube.fixtures import kube  # noqa: F401  (fixture)
 from prometheus_client.parser import text_string_to_metric_families
 from servers import free_ports
 
+from hetplace.site.routes import from_configmap
+
 REPO = Path(__file__).resolve().parents[1]
 FACTORY = REPO / "manifests" / "examples" / "factory"
 IW = ("hetplace.io/v1alpha1", "InferenceWorkload")
@@ -145,8 +147,9 @@ def event_reasons(cluster) -> list[str]:
 
 
 def routes(cluster) -> dict:
+    """site -> its decided route, as the routes document (docs/routes.md) gives it."""
     cm = cluster.get("v1", "ConfigMap", f"{NAME}-routes", NS)
-    return {site: json.loads(route) for site, route in cm["data"].items()}
+    return {site: options[0].wire() for site, options in from_configmap(cm).sites.items()}
 
 
 def writes(cluster) -> list[str]:

@@ -2,10 +2,12 @@
 helm v4 and kubectl v1.34 binaries (docs/design.md §6; `make chart-tools` puts them in .tools/bin/).
 
 Every rendered object is validated: built-in kinds strictly against the Kubernetes 1.34 JSON schema
-(`kubernetes-validate`), the peering objects against the CRD the chart ships, the ServiceMonitor
-against prometheus-operator's schema (the compiled validators of the pinned npm package
+(`kubernetes-validate`), the peering objects against the CRD the chart ships, the ServiceMonitor and
+PodMonitor against prometheus-operator's schema (the compiled validators of the pinned npm package
 @kubernetes-models/prometheus-operator, run with node). The chart's HETPLACE_* variables are loaded
 into the operator's own `Settings`, so chart and operator cannot disagree on a name or a limit.
+The gateways the chart runs at client sites (`sites:`, docs/gateway-install.md) are checked the same
+way, and their arguments parsed as `hetplace gateway` takes them.
 """
 
 from __future__ import annotations
@@ -79,7 +81,41 @@ VALUE_SETS: dict[str, dict] = {
         "replicaCount": 3,
     },
     "edge overlay": yaml.safe_load((REPO / "manifests" / "overlays" / "edge" / "values.yaml").read_text()),
+    # a Deployment at a factory reading two namespaces over TLS, a DaemonSet in the cloud reading every one
+    "gateways at two sites": {
+        "sites": [
+            {"name": "factory-eu-1", "kind": "Deployment", "replicas": 2,
+             "nodeSelector": {"topology.kubernetes.io/zone": "factory-eu-1"},
+             "tolerations": [{"key": "edge", "operator": "Exists", "effect": "NoSchedule"}],
+             "namespaces": ["factory", "vision"], "tls": {"secretName": "factory-gateway-tls"},
+             "upstreamCA": {"configMapName": "cloud-ca", "key": "bundle.pem"},
+             "service": {"type": "LoadBalancer", "externalTrafficPolicy": "Local",
+                         "annotations": {"service.beta.kubernetes.io/aws-load-balancer-internal": "true"}}},
+            {"name": "cloud-eu", "kind": "DaemonSet", "nodeSelector": {"kubernetes.io/arch": "amd64"},
+             "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "128Mi"}}},
+        ],
+        "gateway": {"maxRequestBytes": 67108864, "deadlineSeconds": 2.5,
+                    "monitor": {"kind": "PodMonitor", "interval": "15s", "labels": {"release": "kube-prometheus"}}},
+        "networkPolicy": {
+            "enabled": True,
+            "metricsFrom": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}],
+        },
+    },
+    # namespaced operator: a site with no scope reads the watched namespaces; one reads one workload
+    "gateways in namespaced mode with a ServiceMonitor": {
+        "settings": {"watchNamespaces": ["team-a", "team-b"]},
+        "sites": [
+            {"name": "Edge_Box.7", "nodeSelector": {"hetplace.example.com/site": "edge-box-7"}, "replicas": 1,
+             "workloads": ["team-a/defect-detector"], "upstreamCA": {"secretName": "upstream-ca"},
+             "extraArgs": ["--deadline-seconds", "5"]},
+            {"name": "berlin", "kind": "DaemonSet", "nodeSelector": {}, "service": {"internalTrafficPolicy": "Local"}},
+        ],
+        "gateway": {"image": {"repository": "registry.example.com/hetplace-gateway", "tag": "0.1.0-slim"},
+                    "ports": {"http": 8080, "grpc": 8081, "metrics": 9091}, "listen": "::", "verbose": True,
+                    "monitor": {"kind": "ServiceMonitor"}},
+    },
 }
+GATEWAY_SETS = [name for name, values in VALUE_SETS.items() if values.get("sites")]
 
 
 def tool(path: Path) -> str:
@@ -117,8 +153,16 @@ def one(objects: list[dict], kind: str, name: str | None = None) -> dict:
     return found[0]
 
 
+def component(obj: dict) -> str | None:
+    return obj["metadata"].get("labels", {}).get("app.kubernetes.io/component")
+
+
+def operator_deployment(objects: list[dict]) -> dict:
+    return one([o for o in objects if component(o) == "operator"], "Deployment")
+
+
 def container(objects: list[dict]) -> dict:
-    return one(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    return operator_deployment(objects)["spec"]["template"]["spec"]["containers"][0]
 
 
 def chart_env(objects: list[dict]) -> dict[str, str]:
@@ -155,20 +199,23 @@ def chart_crds() -> dict[tuple[str, str], dict]:
     return crds
 
 
-SERVICE_MONITOR_CHECK = """
-import { ServiceMonitor } from "@kubernetes-models/prometheus-operator/monitoring.coreos.com/v1/ServiceMonitor";
+MONITOR_CHECK = """
+import { KIND } from "@kubernetes-models/prometheus-operator/monitoring.coreos.com/v1/KIND";
 let input = ""; process.stdin.on("data", (chunk) => input += chunk);
 process.stdin.on("end", () => {
-  try { new ServiceMonitor(JSON.parse(input)).validate(); } catch (e) { console.error(e.message); process.exit(1); }
+  try { new KIND(JSON.parse(input)).validate(); } catch (e) { console.error(e.message); process.exit(1); }
 });
 """
 
 
-def validate_service_monitor(obj: dict) -> None:
-    """prometheus-operator's ServiceMonitor schema (it does not refuse unknown fields: the API server prunes them)."""
-    result = run("node", "--input-type=module", "-e", SERVICE_MONITOR_CHECK, cwd=TOOLS / "node", stdin=json.dumps(obj))
+def validate_monitor(obj: dict) -> None:
+    """prometheus-operator's ServiceMonitor or PodMonitor schema (it does not refuse unknown fields: the
+    API server prunes them)."""
+    assert obj["kind"] in ("ServiceMonitor", "PodMonitor"), obj["kind"]
+    check = MONITOR_CHECK.replace("KIND", obj["kind"])
+    result = run("node", "--input-type=module", "-e", check, cwd=TOOLS / "node", stdin=json.dumps(obj))
     if result.returncode != 0:
-        raise ValueError(f"ServiceMonitor {obj['metadata']['name']}: {result.stderr.strip()}")
+        raise ValueError(f"{obj['kind']} {obj['metadata']['name']}: {result.stderr.strip()}")
 
 
 def validate(obj: dict) -> None:
@@ -179,7 +226,7 @@ def validate(obj: dict) -> None:
         if problems:
             raise ValueError(f"{obj['kind']} {obj['metadata']['name']}: {'; '.join(problems)}")
     elif obj["apiVersion"] == "monitoring.coreos.com/v1":
-        validate_service_monitor(obj)
+        validate_monitor(obj)
     else:
         kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
 
@@ -214,9 +261,13 @@ def test_the_schema_checks_are_real(rendered, breakage):
         validate(obj)
 
 
-def test_the_service_monitor_check_is_real(rendered):
-    monitor = json.loads(json.dumps(one(rendered["ServiceMonitor, NetworkPolicy and scheduling"], "ServiceMonitor")))
-    monitor["spec"]["endpoints"][0]["interval"] = "15 seconds"
+@pytest.mark.parametrize("name, kind, endpoints", [
+    ("ServiceMonitor, NetworkPolicy and scheduling", "ServiceMonitor", "endpoints"),
+    ("gateways at two sites", "PodMonitor", "podMetricsEndpoints"),
+], ids=["the operator's ServiceMonitor", "the gateways' PodMonitor"])
+def test_the_monitor_check_is_real(rendered, name, kind, endpoints):
+    monitor = json.loads(json.dumps(one(rendered[name], kind)))
+    monitor["spec"][endpoints][0]["interval"] = "15 seconds"
     with pytest.raises(ValueError, match="interval must match pattern"):
         validate(monitor)
 
@@ -225,7 +276,20 @@ def test_the_service_monitor_check_is_real(rendered):
     ({}, ["Watching: every namespace", "Telemetry: none", "port-forward svc/hetplace-metrics 8080"]),
     (VALUE_SETS["namespaced, custom Prometheus and queries"],
      ["Watching: team-a, team-b", "Telemetry: http://prometheus-operated.monitoring.svc:9090", "DRY RUN"]),
-], ids=["cluster-wide without telemetry", "namespaced, in dry run, with Prometheus"])
+    (VALUE_SETS["gateways at two sites"],
+     ["factory-eu-1: a Deployment of 2 replica(s), watching factory, vision",
+      "HTTP https://hetplace-gateway-factory-eu-1.hetplace-system.svc:8000",
+      "gRPC hetplace-gateway-factory-eu-1.hetplace-system.svc:8001 (TLS)",
+      "kubectl -n hetplace-system get svc hetplace-gateway-factory-eu-1   # its LoadBalancer address",
+      "cloud-eu: a DaemonSet on every node of the site, watching every namespace",
+      "HTTP http://hetplace-gateway-cloud-eu.hetplace-system.svc:8000", "model name of the workload",
+      "Metrics: a PodMonitor scrapes /metrics on port 9090"]),
+    (VALUE_SETS["gateways in namespaced mode with a ServiceMonitor"],
+     ["Edge_Box.7: a Deployment of 1 replica(s), watching team-a/defect-detector",
+      "berlin: a DaemonSet on every node of the site, watching team-a, team-b",
+      "HTTP http://hetplace-gateway-berlin.hetplace-system.svc:8080"]),
+], ids=["cluster-wide without telemetry", "namespaced, in dry run, with Prometheus", "gateways at two sites",
+        "gateways of a namespaced operator"])
 def test_the_install_notes_say_what_was_installed(values, says):
     result = run(tool(HELM), "install", RELEASE, str(CHART), "--namespace", NAMESPACE, "--dry-run=client",
                  "--values", "-", stdin=json.dumps(values))
@@ -234,6 +298,7 @@ def test_the_install_notes_say_what_was_installed(values, says):
     for line in says:
         assert line in notes, notes
     assert ("DRY RUN" in notes) is bool(values.get("settings", {}).get("dryRun"))
+    assert ("Gateways" in notes) is bool(values.get("sites")), notes
 
 
 # ---- values the schema refuses --------------------------------------------------------------------
@@ -253,10 +318,26 @@ def test_the_install_notes_say_what_was_installed(values, says):
     ({"replicaCount": 0}, "/replicaCount", "minimum: got 0, want 1"),
     ({"metrics": {"serviceMonitor": {"interval": "30 seconds"}}}, "/metrics/serviceMonitor/interval", "does not match"),
     ({"replicas": 2}, "", "additional properties 'replicas' not allowed"),
+    ({"sites": [{"name": "factory eu 1", "nodeSelector": {}}]}, "/sites/0/name", "'factory eu 1' does not match pattern"),
+    ({"sites": [{"name": "factory-eu-1", "kind": "StatefulSet", "nodeSelector": {}}]}, "/sites/0/kind",
+     "value must be one of 'Deployment', 'DaemonSet'"),
+    ({"sites": [{"name": "factory-eu-1"}]}, "/sites/0", "missing property 'nodeSelector'"),
+    ({"sites": [{"name": "factory-eu-1", "nodeSelector": {}, "workloads": ["defect-detector"]}]}, "/sites/0/workloads/0",
+     "'defect-detector' does not match pattern"),
+    ({"sites": [{"name": "factory-eu-1", "nodeSelector": {}, "replica": 3}]}, "/sites/0",
+     "additional properties 'replica' not allowed"),
+    ({"sites": [{"name": "factory-eu-1", "nodeSelector": {}, "upstreamCA": {"key": "ca.crt"}}]}, "/sites/0/upstreamCA",
+     "missing property 'configMapName'"),
+    ({"gateway": {"ports": {"http": 0, "grpc": 8001, "metrics": 9090}}}, "/gateway/ports/http", "minimum: got 0, want 1"),
+    ({"gateway": {"monitor": {"kind": "Probe"}}}, "/gateway/monitor/kind",
+     "value must be one of 'PodMonitor', 'ServiceMonitor', 'none'"),
 ], ids=["too many moves per cycle", "a solver with no time", "polling faster than 50 ms", "a port above 65535",
         "a peering name that is no DNS label", "a namespace in upper case", "a Prometheus URL without a scheme",
         "a Triton endpoint with a scheme", "dry run as a string", "a misspelt setting", "an unknown pull policy",
-        "no replicas", "a Prometheus duration with words", "a misspelt top-level key"])
+        "no replicas", "a Prometheus duration with words", "a misspelt top-level key",
+        "a site name with spaces", "a gateway kind that is neither Deployment nor DaemonSet",
+        "a site without its nodes", "a gateway workload without its namespace", "a misspelt site field",
+        "an upstream CA from nowhere", "a gateway port of 0", "a monitor kind prometheus-operator has not"])
 def test_bad_values_are_refused_naming_the_field_value_and_limit(values, field, says):
     result = helm_template(values)
     assert result.returncode != 0, f"{values} was accepted"
@@ -268,7 +349,19 @@ def test_bad_values_are_refused_naming_the_field_value_and_limit(values, field, 
     ({"serviceAccount": {"create": False}}, "serviceAccount.name: set it when serviceAccount.create is false"),
     ({"metrics": {"service": {"enabled": False}, "serviceMonitor": {"enabled": True}}},
      "metrics.serviceMonitor.enabled needs metrics.service.enabled"),
-], ids=["health and metrics on one port", "no service account to run as", "a ServiceMonitor without its Service"])
+    ({"sites": [{"name": "factory-eu-1", "nodeSelector": {}}, {"name": "cloud-eu", "nodeSelector": {}},
+                {"name": "factory-eu-1", "nodeSelector": {}, "kind": "DaemonSet"}]},
+     'sites[2]: site "factory-eu-1" is listed twice (also sites[0])'),
+    ({"sites": [{"name": "cloud-eu", "kind": "DaemonSet", "replicas": 3, "nodeSelector": {}}]},
+     "sites[0] (cloud-eu): replicas is for kind Deployment"),
+    ({"sites": [{"name": "factory-eu-1", "nodeSelector": {}, "workloads": ["factory/defect-detector"],
+                 "namespaces": ["factory"]}]},
+     "sites[0] (factory-eu-1): give workloads or namespaces, not both"),
+    ({"sites": [{"name": "factory-eu-1", "nodeSelector": {}}], "gateway": {"ports": {"http": 8000, "grpc": 8001, "metrics": 8000}}},
+     "gateway.ports: http (8000), grpc (8001) and metrics (8000) must differ"),
+], ids=["health and metrics on one port", "no service account to run as", "a ServiceMonitor without its Service",
+        "a site listed twice", "replicas for a DaemonSet", "a gateway given workloads and namespaces",
+        "two gateway listeners on one port"])
 def test_values_that_cannot_work_together_are_refused(values, says):
     result = helm_template(values)
     assert result.returncode != 0, f"{values} was accepted"
@@ -335,14 +428,15 @@ def test_custom_values_reach_the_operator(rendered, monkeypatch):
 
 
 def test_the_pod_runs_hetplace_run_with_the_flags_it_takes(rendered):
-    """The image's ENTRYPOINT is `hetplace run`; the chart's args must parse as its options."""
+    """The image's ENTRYPOINT is `hetplace`; the chart's args must be `run` and its options."""
     for name, objects in rendered.items():
-        args = container(objects)["args"]
-        context = cli_main.commands["run"].make_context("run", list(args))
+        command, *args = container(objects)["args"]
+        assert command == "run", name
+        context = cli_main.commands["run"].make_context("run", args)
         health = next(p for p in container(objects)["ports"] if p["name"] == "health")["containerPort"]
         assert context.params["liveness_endpoint"] == f"http://0.0.0.0:{health}/healthz", name
         assert context.params["verbose"] is bool(VALUE_SETS[name].get("verbose")), name
-        assert "command" not in container(objects), "the image's ENTRYPOINT runs the operator"
+        assert "command" not in container(objects), "the image's ENTRYPOINT (`hetplace`) runs the operator"
 
 
 def test_probes_and_ports_point_at_what_the_operator_serves(rendered):
@@ -354,21 +448,26 @@ def test_probes_and_ports_point_at_what_the_operator_serves(rendered):
         assert c[probe]["httpGet"] == {"path": "/healthz", "port": "health"}
     service = one(objects, "Service")
     assert service["spec"]["ports"] == [{"name": "metrics", "port": 8080, "targetPort": "metrics", "protocol": "TCP"}]
-    pod_labels = one(objects, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    pod_labels = operator_deployment(objects)["spec"]["template"]["metadata"]["labels"]
     assert service["spec"]["selector"].items() <= pod_labels.items()
     assert one(objects, "PodDisruptionBudget")["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
 
 
-@pytest.mark.parametrize("name", VALUE_SETS)
-def test_the_pod_runs_restricted(rendered, name):
-    pod = one(rendered[name], "Deployment")["spec"]["template"]["spec"]
-    c = pod["containers"][0]
+def assert_restricted(pod: dict, c: dict) -> None:
+    """The restricted Pod Security Standard, and a writable /tmp only."""
     assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] > 0
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
     assert c["securityContext"] == {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
                                     "runAsNonRoot": True, "capabilities": {"drop": ["ALL"]},
                                     "seccompProfile": {"type": "RuntimeDefault"}}
     assert {"name": "tmp", "mountPath": "/tmp"} in c["volumeMounts"]
+
+
+@pytest.mark.parametrize("name", VALUE_SETS)
+def test_the_pod_runs_restricted(rendered, name):
+    pod = operator_deployment(rendered[name])["spec"]["template"]["spec"]
+    c = pod["containers"][0]
+    assert_restricted(pod, c)
     assert {"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}} in pod["volumes"]
     assert c["resources"]["requests"]["memory"] and c["resources"]["limits"]["memory"]
     assert "hostNetwork" not in pod and "hostPID" not in pod
@@ -518,6 +617,274 @@ def test_every_kind_the_operator_calls_is_granted(rendered):
             assert (group, kind.plural) in granted, kind
 
 
+# ---- gateways at client sites ---------------------------------------------------------------------
+
+# The flags whose value is a file: click checks it exists, so the test hands it one and checks the
+# chart's path against the pod's volumes itself.
+FILE_FLAGS = ("--tls-cert", "--tls-key", "--upstream-ca")
+
+
+def gateway_command_line(args: list[str], tmp_path: Path) -> tuple[dict, dict[str, str]]:
+    """`hetplace gateway`'s own parse of the pod's args (its params), and the file flags' paths."""
+    stand_in = tmp_path / "mounted"
+    stand_in.write_text("")
+    files = {flag: value for flag, value in zip(args, args[1:]) if flag in FILE_FLAGS}
+    given = [str(stand_in) if flag in FILE_FLAGS else value for flag, value in zip([None, *args], args)]
+    return cli_main.commands["gateway"].make_context("gateway", given).params, files
+
+
+def gateway_workloads(objects: list[dict]) -> dict[str, dict]:
+    """Site -> the Deployment or DaemonSet of its gateway."""
+    found = [o for o in objects if o["kind"] in ("Deployment", "DaemonSet") and component(o) == "gateway"]
+    by_site = {o["metadata"]["labels"]["hetplace.io/site"]: o for o in found}
+    assert len(by_site) == len(found), "two gateways for one site"
+    return by_site
+
+
+def gateway_objects(objects: list[dict]) -> list[dict]:
+    return [o for o in objects if component(o) == "gateway" or "gateway" in o["metadata"]["name"]]
+
+
+def expected_scope(values: dict, site: dict) -> tuple[list[str], list[str]]:
+    """(--workload values, --namespace values): the site's own, else the operator's watched namespaces."""
+    workloads = site.get("workloads", [])
+    namespaces = site.get("namespaces") or ([] if workloads else values.get("settings", {}).get("watchNamespaces", []))
+    return workloads, namespaces
+
+
+def gateway_sites():
+    return [pytest.param(name, site, id=f"{name}: {site['name']}") for name in GATEWAY_SETS
+            for site in VALUE_SETS[name]["sites"]]
+
+
+@pytest.mark.parametrize("name", [n for n in VALUE_SETS if n not in GATEWAY_SETS])
+def test_without_sites_the_chart_renders_no_gateway(rendered, name):
+    assert gateway_objects(rendered[name]) == []
+
+
+def test_an_empty_site_list_renders_nothing_even_with_a_monitor_and_network_policy_asked_for(rendered):
+    values = {"sites": [], "gateway": {"monitor": {"kind": "ServiceMonitor"}}, "networkPolicy": {"enabled": True}}
+    result = helm_template(values)
+    assert result.returncode == 0, result.stderr
+    assert gateway_objects(documents(result.stdout)) == []
+
+
+@pytest.mark.parametrize("name, site", gateway_sites())
+def test_each_site_runs_hetplace_gateway_with_the_flags_it_takes(rendered, name, site, tmp_path):
+    values, gateway = VALUE_SETS[name], VALUE_SETS[name].get("gateway", {})
+    workload = gateway_workloads(rendered[name])[site["name"]]
+    assert workload["kind"] == site.get("kind", "Deployment")
+    pod = workload["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    assert "command" not in c, "the image's ENTRYPOINT (`hetplace`) runs the gateway"
+    command, *args = c["args"]
+    assert command == "gateway"
+    params, files = gateway_command_line(args, tmp_path)
+    assert params["site"] == site["name"]
+    assert (list(params["workloads"]), list(params["namespaces"])) == expected_scope(values, site)
+    assert params["routes_file"] is None, "in the cluster the routes come from the API"
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    assert ports == gateway.get("ports", {"http": 8000, "grpc": 8001, "metrics": 9090})
+    assert (params["http_port"], params["grpc_port"], params["metrics_port"]) == \
+        (ports["http"], ports["grpc"], ports["metrics"])
+    assert params["listen"] == gateway.get("listen", "0.0.0.0")
+    extra = dict(zip(site.get("extraArgs", [])[::2], site.get("extraArgs", [])[1::2]))
+    assert params["deadline_seconds"] == float(extra.get("--deadline-seconds", gateway.get("deadlineSeconds", 10)))
+    assert params["max_request_bytes"] == gateway.get("maxRequestBytes", 64 * 1024 * 1024)
+    assert params["probe_interval_seconds"] == gateway.get("probeIntervalSeconds", 10)
+    assert params["verbose"] is bool(gateway.get("verbose"))
+    mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert set(files) == ({"--tls-cert", "--tls-key"} if "tls" in site else set()) | \
+        ({"--upstream-ca"} if "upstreamCA" in site else set())
+    for flag in ("--tls-cert", "--tls-key") if "tls" in site else ():
+        directory, _, key = files[flag].rpartition("/")
+        secret = volumes[mounts[directory]]["secret"]
+        assert secret["secretName"] == site["tls"]["secretName"] and {"key": key, "path": key} in secret["items"]
+    if "upstreamCA" in site:
+        directory, _, key = files["--upstream-ca"].rpartition("/")
+        source = volumes[mounts[directory]]
+        assert key == site["upstreamCA"].get("key", "ca.crt")
+        if "configMapName" in site["upstreamCA"]:
+            assert source["configMap"]["name"] == site["upstreamCA"]["configMapName"]
+        else:
+            assert source["secret"]["secretName"] == site["upstreamCA"]["secretName"]
+        assert (source.get("configMap") or source["secret"])["items"] == [{"key": key, "path": key}]
+
+
+@pytest.mark.parametrize("name, site", gateway_sites())
+def test_each_gateway_runs_restricted_on_its_sites_nodes(rendered, name, site):
+    workload = gateway_workloads(rendered[name])[site["name"]]
+    pod = workload["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    assert_restricted(pod, c)
+    assert all(m.get("readOnly") for m in c["volumeMounts"] if m["name"] != "tmp")
+    assert "hostNetwork" not in pod and "hostPID" not in pod and "hostPort" not in str(c["ports"])
+    assert pod.get("nodeSelector", {}) == site["nodeSelector"]
+    assert pod.get("tolerations", []) == site.get("tolerations", [])
+    # sized for the gateway's goal of at most 80 MB RSS, unless the site says otherwise
+    default = {"requests": {"cpu": "100m", "memory": "96Mi"}, "limits": {"memory": "160Mi"}}
+    assert c["resources"] == site.get("resources", default)
+    labels = workload["spec"]["template"]["metadata"]["labels"]
+    assert labels["app.kubernetes.io/component"] == "gateway" and labels["hetplace.io/site"] == site["name"]
+    assert workload["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    assert workload["spec"].get("replicas") == (site.get("replicas", 2) if workload["kind"] == "Deployment" else None)
+
+
+@pytest.mark.parametrize("name, site", gateway_sites())
+def test_each_gateway_is_probed_on_its_health_paths_and_called_through_its_service(rendered, name, site):
+    objects = rendered[name]
+    workload = gateway_workloads(objects)[site["name"]]
+    pod_labels = workload["spec"]["template"]["metadata"]["labels"]
+    (c,) = workload["spec"]["template"]["spec"]["containers"]
+    scheme = "HTTPS" if "tls" in site else "HTTP"
+    assert c["readinessProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": "http", "scheme": scheme}
+    assert c["livenessProbe"]["httpGet"] == {"path": "/v2/health/live", "port": "http", "scheme": scheme}
+    assert "http" in {p["name"] for p in c["ports"]}
+    service = one(objects, "Service", workload["metadata"]["name"])
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+    assert service["spec"]["selector"]["hetplace.io/site"] == site["name"], "a site's Service reaches its own gateways"
+    ports = {p["containerPort"]: p["name"] for p in c["ports"]}
+    assert [(p["name"], p["targetPort"]) for p in service["spec"]["ports"]] == [("http", "http"), ("grpc", "grpc")]
+    assert [p["port"] for p in service["spec"]["ports"]] == [k for k, v in ports.items() if v in ("http", "grpc")]
+    wanted = site.get("service", {})
+    assert service["spec"]["type"] == wanted.get("type", "ClusterIP")
+    assert service["metadata"].get("annotations", {}) == wanted.get("annotations", {})
+    for policy in ("externalTrafficPolicy", "internalTrafficPolicy"):
+        assert service["spec"].get(policy) == wanted.get(policy), policy
+
+
+@pytest.mark.parametrize("name", GATEWAY_SETS)
+def test_the_operators_selectors_never_match_a_gateway(rendered, name):
+    objects = rendered[name]
+    selectors = [operator_deployment(objects)["spec"]["selector"]["matchLabels"]]
+    selectors += [o["spec"]["selector"] for o in objects if o["kind"] == "Service" and component(o) == "operator"]
+    selectors += [o["spec"]["selector"]["matchLabels"] for o in objects
+                  if o["kind"] == "PodDisruptionBudget" and component(o) == "operator"]
+    selectors += [o["spec"]["podSelector"]["matchLabels"] for o in objects
+                  if o["kind"] == "NetworkPolicy" and component(o) == "operator"]
+    for workload in gateway_workloads(objects).values():
+        labels = workload["spec"]["template"]["metadata"]["labels"]
+        for selector in selectors:
+            assert not selector.items() <= labels.items(), selector
+
+
+@pytest.mark.parametrize("name, site", gateway_sites())
+def test_each_gateway_may_only_read_configmaps_where_it_watches(rendered, name, site):
+    objects = rendered[name]
+    workload = gateway_workloads(objects)[site["name"]]
+    account = workload["spec"]["template"]["spec"]["serviceAccountName"]
+    assert one(objects, "ServiceAccount", account)["metadata"]["namespace"] == NAMESPACE
+    subject = {"kind": "ServiceAccount", "name": account, "namespace": NAMESPACE}
+    bindings = [o for o in objects if o["kind"] in ("ClusterRoleBinding", "RoleBinding") and subject in o["subjects"]]
+    assert bindings
+    for binding in bindings:
+        assert binding["subjects"] == [subject], "a site's account is its own"
+        role = one([o for o in objects if o["metadata"].get("namespace") == binding["metadata"].get("namespace")],
+                   binding["roleRef"]["kind"], binding["roleRef"]["name"])
+        assert grants(role) == {("", "configmaps", verb, "") for verb in READ}
+    workloads, namespaces = expected_scope(VALUE_SETS[name], site)
+    where = sorted({w.split("/")[0] for w in workloads} | set(namespaces))
+    if where:
+        assert sorted(b["metadata"]["namespace"] for b in bindings) == where
+        assert {b["kind"] for b in bindings} == {"RoleBinding"}
+    else:
+        assert [b["kind"] for b in bindings] == ["ClusterRoleBinding"], "every namespace: one ClusterRole"
+
+
+@pytest.mark.parametrize("name", GATEWAY_SETS)
+def test_the_gateway_monitor_scrapes_every_sites_metrics_port_keeping_the_series_labels(rendered, name):
+    objects = rendered[name]
+    monitor_values = VALUE_SETS[name]["gateway"]["monitor"]
+    monitor = one(objects, monitor_values["kind"])
+    assert monitor["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
+    (endpoint,) = monitor["spec"]["podMetricsEndpoints" if monitor["kind"] == "PodMonitor" else "endpoints"]
+    # the series carry namespace, workload and site themselves: the target's `namespace` must not win
+    assert endpoint["port"] == "metrics" and endpoint["path"] == "/metrics" and endpoint["honorLabels"] is True
+    assert endpoint["interval"] == monitor_values.get("interval", "30s")
+    assert monitor_values.get("labels", {}).items() <= monitor["metadata"]["labels"].items()
+    selector = monitor["spec"]["selector"]["matchLabels"]
+    metrics_service = one(objects, "Service", "hetplace-gateways")
+    assert metrics_service["spec"]["clusterIP"] == "None"
+    assert metrics_service["spec"]["ports"] == [{"name": "metrics", "port": VALUE_SETS[name]["gateway"].get(
+        "ports", {}).get("metrics", 9090), "targetPort": "metrics", "protocol": "TCP"}]
+    if monitor["kind"] == "ServiceMonitor":
+        assert selector.items() <= metrics_service["metadata"]["labels"].items()
+    for workload in gateway_workloads(objects).values():
+        labels = workload["spec"]["template"]["metadata"]["labels"]
+        assert metrics_service["spec"]["selector"].items() <= labels.items()
+        if monitor["kind"] == "PodMonitor":
+            assert selector.items() <= labels.items()
+        assert "metrics" in {p["name"] for p in workload["spec"]["template"]["spec"]["containers"][0]["ports"]}
+        site_service = one(objects, "Service", workload["metadata"]["name"])
+        assert "metrics" not in {p["name"] for p in site_service["spec"]["ports"]}, "/metrics stays in the cluster"
+    assert [o for o in objects if o["apiVersion"] == "monitoring.coreos.com/v1"] == [monitor]
+
+
+def test_the_gateway_network_policy_admits_clients_and_scrapes_only(rendered):
+    values = VALUE_SETS["gateways at two sites"]
+    objects = rendered["gateways at two sites"]
+    policy = one([o for o in objects if component(o) == "gateway"], "NetworkPolicy")["spec"]
+    for workload in gateway_workloads(objects).values():
+        assert policy["podSelector"]["matchLabels"].items() <= workload["spec"]["template"]["metadata"]["labels"].items()
+    assert policy["policyTypes"] == ["Ingress"], "upstreams may be anywhere: egress is not restricted unless asked"
+    assert policy["ingress"] == [
+        {"ports": [{"port": "http", "protocol": "TCP"}, {"port": "grpc", "protocol": "TCP"}]},
+        {"ports": [{"port": "metrics", "protocol": "TCP"}], "from": values["networkPolicy"]["metricsFrom"]}]
+    assert not [o for o in rendered["gateways in namespaced mode with a ServiceMonitor"] if o["kind"] == "NetworkPolicy"]
+
+
+@pytest.mark.parametrize("name, site", gateway_sites())
+def test_a_site_deployment_of_more_than_one_replica_keeps_one_through_a_drain(rendered, name, site):
+    objects = rendered[name]
+    workload = gateway_workloads(objects)[site["name"]]
+    budgets = [o for o in objects if o["kind"] == "PodDisruptionBudget" and o["metadata"]["name"] == workload["metadata"]["name"]]
+    if workload["kind"] == "Deployment" and workload["spec"]["replicas"] > 1:
+        (budget,) = budgets
+        assert budget["spec"]["maxUnavailable"] == 1
+        assert budget["spec"]["selector"]["matchLabels"] == workload["spec"]["selector"]["matchLabels"]
+    else:
+        assert budgets == []
+
+
+@pytest.mark.parametrize("name", GATEWAY_SETS)
+def test_gateways_run_the_operators_image_unless_told_otherwise(rendered, name):
+    override = VALUE_SETS[name]["gateway"].get("image")
+    wanted = f"{override['repository']}:{override['tag']}" if override else container(rendered[name])["image"]
+    for workload in gateway_workloads(rendered[name]).values():
+        (c,) = workload["spec"]["template"]["spec"]["containers"]
+        assert c["image"] == wanted and c["imagePullPolicy"] == container(rendered[name])["imagePullPolicy"]
+
+
+def test_a_gateway_without_grpc_listens_and_is_reached_on_http_alone(tmp_path):
+    values = {"sites": [{"name": "factory-eu-1", "nodeSelector": {}}], "networkPolicy": {"enabled": True},
+              "gateway": {"ports": {"http": 8000, "grpc": 0, "metrics": 9090}}}
+    result = helm_template(values)
+    assert result.returncode == 0, result.stderr
+    objects = documents(result.stdout)
+    (c,) = gateway_workloads(objects)["factory-eu-1"]["spec"]["template"]["spec"]["containers"]
+    assert gateway_command_line(c["args"][1:], tmp_path)[0]["grpc_port"] == 0
+    assert [p["name"] for p in c["ports"]] == ["http", "metrics"]
+    assert [p["name"] for p in one(objects, "Service", "hetplace-gateway-factory-eu-1")["spec"]["ports"]] == ["http"]
+    policy = one([o for o in objects if component(o) == "gateway"], "NetworkPolicy")
+    assert [p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]] == ["http", "metrics"]
+
+
+def test_every_site_name_gives_its_objects_a_distinct_dns_label():
+    """Sites are tokens (letters, digits, '-', '_', '.'), names DNS labels: lowered, rewritten or cut
+    names are told apart by a hash of the site; the label keeps the site as it is."""
+    sites = ["factory-eu-1", "Factory-EU-1", "factory_eu_1", "factory.eu.1", "a" * 63, "a" * 62 + "b", "7"]
+    result = helm_template({"sites": [{"name": s, "nodeSelector": {}} for s in sites]})
+    assert result.returncode == 0, result.stderr
+    workloads = gateway_workloads(documents(result.stdout))
+    assert sorted(workloads) == sorted(sites)
+    names = [w["metadata"]["name"] for w in workloads.values()]
+    assert len(set(names)) == len(sites), names
+    for name in names:
+        assert len(name) <= 63 and re.fullmatch(r"[a-z]([-a-z0-9]*[a-z0-9])?", name), name
+    assert workloads["factory-eu-1"]["metadata"]["name"] == "hetplace-gateway-factory-eu-1", "a plain name is kept"
+
+
 # ---- CRDs and peering -----------------------------------------------------------------------------
 
 def test_the_charts_crds_are_the_generated_ones_byte_for_byte():
@@ -603,7 +970,7 @@ def test_a_patch_from_render_py_turns_the_base_into_the_wanted_object_under_kust
     wanted = json.loads(json.dumps(base))
     pod = wanted["spec"]["template"]["spec"]
     pod["containers"][0]["env"] = [e for e in pod["containers"][0]["env"] if e["name"] != "HETPLACE_DRY_RUN"]
-    pod["containers"][0]["args"] = ["--liveness", "http://0.0.0.0:8081/healthz", "-v"]
+    pod["containers"][0]["args"] = ["run", "--liveness", "http://0.0.0.0:8081/healthz", "-v"]
     del pod["volumes"][0]["emptyDir"]["sizeLimit"]
     wanted["spec"]["replicas"] = 1
     (tmp_path / "base").mkdir()
@@ -659,7 +1026,11 @@ def test_the_dockerfile_is_multi_stage_pinned_and_non_root():
     pod_user = yaml.safe_load((CHART / "values.yaml").read_text())["podSecurityContext"]["runAsUser"]
     assert users[-1].split(":")[0] == str(pod_user), "the image's user is the chart's runAsUser"
     entrypoints = [json.loads(value) for op, value in final_stage if op == "ENTRYPOINT"]
-    assert entrypoints[-1] == ["hetplace", "run"]
+    # `hetplace`: the chart passes `run` to the operator and `gateway` to the site gateways
+    assert entrypoints[-1] == ["hetplace"]
+    exposed = {int(port) for op, value in final_stage if op == "EXPOSE" for port in value.split()}
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert exposed == {values["settings"]["metricsPort"], values["healthPort"], *values["gateway"]["ports"].values()}
 
 
 def test_the_build_context_is_only_what_the_image_needs():

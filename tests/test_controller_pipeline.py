@@ -32,6 +32,7 @@ from hetplace.controller.inventory import (
 from hetplace.controller.leader import is_leader
 from hetplace.engine.snapshot import Resources
 from hetplace.controller.reconcile import Choice, Outcome, Telemetry, choose, converge, deployments_ready
+from hetplace.site.routes import from_configmap
 from hetplace.engine.observed import LinkObservation, correction_factor
 from hetplace.api.load import load_manifests
 
@@ -191,8 +192,9 @@ def test_a_move_is_make_before_break():
     assert deployments(cluster) == [new_group, "defect-detector-cpu-cloud-eu-openvino-int8"]
     assert moving.delete == ()
     assert cluster.body["status"]["phase"] == "Migrating"
-    routes = json.loads(cluster.children[("ConfigMap", "defect-detector-routes")]["data"]["factory-eu-1"])
-    assert routes["pool"] == "cpu-cloud-eu", "routes stay on the old group until the new one is ready"
+    routes = from_configmap(cluster.children[("ConfigMap", "defect-detector-routes")]).sites["factory-eu-1"]
+    assert routes[0].pool == "cpu-cloud-eu", "routes stay on the old group until the new one is ready"
+    assert [r.pool for r in routes] == ["cpu-cloud-eu"], "a group not ready yet is no fallback"
     assert [p["pool"] for p in cluster.body["status"]["migration"]["target"]] == ["arm-factory-eu-1", "cpu-cloud-eu"]
 
     still = cluster.cycle(T0 + timedelta(minutes=2), DROP)   # not ready yet: nothing changes
@@ -201,8 +203,8 @@ def test_a_move_is_make_before_break():
     cluster.unavailable.clear()
     done = cluster.cycle(T0 + timedelta(minutes=3), DROP)
     assert cluster.body["status"]["phase"] == "Placed" and "migration" not in cluster.body["status"]
-    routes = json.loads(cluster.children[("ConfigMap", "defect-detector-routes")]["data"]["factory-eu-1"])
-    assert routes["pool"] == "arm-factory-eu-1"
+    routes = from_configmap(cluster.children[("ConfigMap", "defect-detector-routes")]).sites["factory-eu-1"]
+    assert routes[0].pool == "arm-factory-eu-1" and routes[0].decided
     assert [(n.reason) for n in done.events] == ["Moved"]
 
 
@@ -472,8 +474,11 @@ def test_the_group_a_move_leaves_behind_outlives_the_routes_switch_by_the_drain_
     cluster.cycle(T0 + timedelta(seconds=60), drain_s=30)            # the GPU group is created
     switched = cluster.cycle(T0 + timedelta(seconds=61), drain_s=30)  # ready: routes switch, CPU drains
     assert switched.delete == () and cluster.body["status"]["phase"] == "Migrating"
-    assert {json.loads(r)["pool"] for r in cluster.children[("ConfigMap", "defect-detector-routes")]["data"].values()} \
-        == {"gpu-cloud-eu"}
+    document = from_configmap(cluster.children[("ConfigMap", "defect-detector-routes")])
+    assert {options[0].pool for options in document.sites.values()} == {"gpu-cloud-eu"}
+    # while it drains, the group left behind is every site's fallback, marked so
+    assert {(o.pool, o.draining) for options in document.sites.values() for o in options[1:]} \
+        == {("cpu-cloud-eu", True)}
     assert condition(cluster, "Placed")["reason"] == "Draining"
     assert cluster.cycle(T0 + timedelta(seconds=80), drain_s=30).delete == ()
     done = cluster.cycle(T0 + timedelta(seconds=92), drain_s=30)

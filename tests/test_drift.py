@@ -3,6 +3,8 @@ which changes the index sees are someone else's (controller/drift.py)."""
 
 from __future__ import annotations
 
+import json
+
 import copy
 
 import pytest
@@ -158,3 +160,14 @@ def test_an_event_that_changed_nothing_leaves_hetplaces_expected_write_in_place(
     assert watch.seen("ns/w", "Deployment", "ns", "g", 2, 2) is False       # another status update
     assert watch.seen("ns/w", "Deployment", "ns", "g", GONE, None) is False  # hetplace's prune
     assert watch.take("ns/w", ()) == (set(), False)
+
+
+def test_a_json_document_in_a_configmap_is_compared_field_by_field():
+    applied = {"data": {"routes.json": json.dumps({"version": 2, "sites": {"f": [{"http": "http://a:8000"}]}})}}
+    edited_route = {"data": {"routes.json": json.dumps({"version": 2, "sites": {"f": [{"http": "http://x:8000"}]}})}}
+    reformatted = {"data": {"routes.json": json.dumps(json.loads(applied["data"]["routes.json"]), indent=2)}}
+    (found,) = differences(applied, edited_route)
+    assert str(found) == 'data.routes.json:sites.f[0].http was "http://x:8000" (hetplace applies "http://a:8000")'
+    assert differences(applied, reformatted) == [], "the same document written another way is not drift"
+    (broken,) = differences(applied, {"data": {"routes.json": "{not json"}})
+    assert broken.path == "data.routes.json"

@@ -77,7 +77,7 @@ class ServingRecord:
             if name in self.served:
                 self.violations.append(f"rv {obj['metadata']['resourceVersion']}: routes ConfigMap {name} deleted")
         else:
-            self.routes[name] = {site: _group_of(raw) for site, raw in (obj.get("data") or {}).items()}
+            self.routes[name] = {site: _group_of(route) for site, route in _decided(obj).items()}
         self.versions += 1
         self._check(obj["metadata"]["resourceVersion"])
 
@@ -96,10 +96,18 @@ class ServingRecord:
                 self.served.add(configmap)
 
 
-def _group_of(raw: str) -> str:
-    """The Deployment a route names (its HTTP endpoint is that group's Service: same name)."""
+def _decided(configmap: dict) -> dict[str, dict]:
+    """site -> its decided route, from a routes ConfigMap (docs/routes.md); none from a hand-broken one."""
     import json
-    return json.loads(raw)["http"].split("//", 1)[1].split(".", 1)[0]
+    try:
+        return {site: routes[0] for site, routes in json.loads(configmap["data"]["routes.json"])["sites"].items()}
+    except (KeyError, TypeError, ValueError, IndexError):
+        return {}
+
+
+def _group_of(route: dict) -> str:
+    """The Deployment a route names (its HTTP endpoint is that group's Service: same name)."""
+    return route["http"].split("//", 1)[1].split(".", 1)[0]
 
 
 class Recorder:

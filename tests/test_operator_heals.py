@@ -82,8 +82,9 @@ def test_an_edited_route_and_a_changed_image_are_restored(kube, start_operator):
     apply_factory(kube)
     wait(kube, ready_on(["cpu-cloud-eu"]), operator)
     applied_route, applied_image = routes(kube)["factory-eu-1"], image_of(kube)
-    hijacked = {**applied_route, "http": "http://198.18.0.66:8000", "grpc": "198.18.0.66:8001"}
-    kube.patch("v1", "ConfigMap", ROUTES, {"data": {"factory-eu-1": json.dumps(hijacked)}}, NS,
+    document = json.loads(kube.get("v1", "ConfigMap", ROUTES, NS)["data"]["routes.json"])
+    document["sites"]["factory-eu-1"][0].update(http="http://198.18.0.66:8000", grpc="grpc://198.18.0.66:8001")
+    kube.patch("v1", "ConfigMap", ROUTES, {"data": {"routes.json": json.dumps(document)}}, NS,
                field_manager="kubectl-edit")
     restored(kube, operator, lambda c: routes(c)["factory-eu-1"] == applied_route, "the route restored")
     kube.patch(*DEPLOYMENT, CPU_GROUP, {"spec": {"template": {"spec": {"containers": [
@@ -91,7 +92,8 @@ def test_an_edited_route_and_a_changed_image_are_restored(kube, start_operator):
         field_manager="kubectl-set")
     restored(kube, operator, lambda c: image_of(c) == applied_image, "the image restored")
     messages = drift_events(kube)
-    assert any(f"ConfigMap {ROUTES}: data.factory-eu-1 was" in m and "198.18.0.66" in m for m in messages), messages
+    assert any(f"ConfigMap {ROUTES}: data.routes.json:sites.factory-eu-1[0].http was "
+               '"http://198.18.0.66:8000"' in m for m in messages), messages
     assert any(f"Deployment {CPU_GROUP}: spec.template.spec.containers[triton].image was "
                '"registry.example/other:1"' in m for m in messages), messages
 

@@ -20,6 +20,7 @@ from builders import a_pool, a_workload
 
 from hetplace.api.load import load_manifests
 from hetplace.engine import Snapshot, solve
+from hetplace.engine.fallbacks import route_options
 from hetplace.engine.from_api import pool_from_spec, workload_from_spec
 from hetplace.engine.observed import LinkObservation, with_links
 from hetplace.render import render_decision
@@ -44,7 +45,8 @@ def factory_rendered(uplink_kbps: float | None = None, uid: str | None = "7f1c7a
                                    for name in ("gpu-cloud-eu", "cpu-cloud-eu")])
     engine_workload = workload_from_spec(workload.metadata.namespace, workload.metadata.name, workload.spec)
     decision = solve(engine_workload, Snapshot(pools))
-    return render_decision(workload, {p.metadata.name: p for p in manifests.pools}, decision)
+    return render_decision(workload, {p.metadata.name: p for p in manifests.pools}, decision,
+                           routes=route_options(engine_workload, pools, decision))
 
 
 def check_golden(name: str, objects: list[dict]) -> None:
@@ -102,10 +104,14 @@ def test_pods_run_restricted():
 def test_routes_say_where_each_site_sends_and_how():
     routes = factory_rendered(250).routes
     assert routes["metadata"]["name"] == "defect-detector-routes"
-    factory = json.loads(routes["data"]["factory-eu-1"])
-    assert factory == {"encoding": "raw", "grpc": "defect-detector-arm-factory-eu-1-trt-int8-orin.factory.svc:8001",
-                       "http": "http://defect-detector-arm-factory-eu-1-trt-int8-orin.factory.svc:8000",
-                       "pool": "arm-factory-eu-1", "variant": "trt-int8-orin"}
+    factory = json.loads(routes["data"]["routes.json"])["sites"]["factory-eu-1"]
+    assert factory[0] == {"pool": "arm-factory-eu-1", "variant": "trt-int8-orin", "encoding": "raw",
+                          "model": "defect-detector",
+                          "http": "http://defect-detector-arm-factory-eu-1-trt-int8-orin.factory.svc:8000",
+                          "grpc": "grpc://defect-detector-arm-factory-eu-1-trt-int8-orin.factory.svc:8001",
+                          "withinSlo": True, "decided": True, "draining": False, "predictedLatencyMs": 25.0}
+    # the cpu group is the fallback; the factory's traffic would saturate its 250 KB/s link there
+    assert [(r["pool"], r["withinSlo"], "predictedLatencyMs" in r) for r in factory[1:]] == [("cpu-cloud-eu", False, False)]
 
 
 def test_owned_objects_point_at_the_workload_and_carry_the_design_labels():

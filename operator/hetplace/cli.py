@@ -182,18 +182,20 @@ def render(workload_file: Path, pools_path: Path | None, telemetry_path: Path | 
     Exit status: 0 rendered, 3 a workload is infeasible (nothing rendered for it), 2 invalid input.
     """
     from hetplace import explain as ex
+    from hetplace.engine.fallbacks import route_options
     from hetplace.render import render_decision
 
     read = ex.inputs(workload_file, pools_path, telemetry_path)
     pool_objects = {p.metadata.name: p for p in read.pool_objects}
     rendered, infeasible = [], []
-    for obj, case in zip(read.workload_objects, ex.decide(read.workloads, read.pools)):
+    for obj, w, case in zip(read.workload_objects, read.workloads, ex.decide(read.workloads, read.pools)):
         if not case.decision.feasible:
             infeasible.append(case.decision)
             continue
         if obj.metadata.namespace is None:
             obj = obj.model_copy(update={"metadata": obj.metadata.model_copy(update={"namespace": "default"})})
-        rendered += render_decision(obj, pool_objects, case.decision).objects
+        rendered += render_decision(obj, pool_objects, case.decision,
+                                    routes=route_options(w, read.pools, case.decision)).objects
     if output == "json":
         click.echo(json.dumps(rendered, indent=2))
     else:
@@ -280,3 +282,87 @@ def crds(out_dir: Path | None) -> None:
     for filename, text in rendered.items():
         (out_dir / filename).write_text(text, encoding="utf-8")
         click.echo(f"wrote {out_dir / filename}")
+
+
+@main.command("gateway")
+@click.option("--site", required=True, help="The site this gateway serves: routes of other sites are ignored.")
+@click.option("--routes", "routes_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Routes ConfigMaps as `kubectl get -o yaml` prints them (one, a List, or several); "
+                   "read again when it changes.")
+@click.option("--workload", "workloads", multiple=True, metavar="NAMESPACE/NAME",
+              help="Watch this workload's routes ConfigMap in the API (repeatable).")
+@click.option("--namespace", "namespaces", multiple=True,
+              help="Watch every hetplace routes ConfigMap in this namespace (repeatable; with neither this "
+                   "nor --workload nor --routes: all namespaces).")
+@click.option("--listen", default="0.0.0.0", show_default=True, help="Address the listeners bind.")
+@click.option("--http-port", type=click.IntRange(1, 65535), default=8000, show_default=True)
+@click.option("--grpc-port", type=click.IntRange(0, 65535), default=8001, show_default=True, help="0: no gRPC.")
+@click.option("--metrics-port", type=click.IntRange(1, 65535), default=9090, show_default=True,
+              help="Prometheus metrics at /metrics.")
+@click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False), help="Serve HTTPS and gRPC over TLS.")
+@click.option("--tls-key", type=click.Path(exists=True, dir_okay=False), help="The key of --tls-cert.")
+@click.option("--upstream-ca", type=click.Path(exists=True, dir_okay=False),
+              help="CA bundle for upstreams at https:// and grpcs:// endpoints (default: the system's).")
+@click.option("--deadline-seconds", type=float, default=10.0, show_default=True,
+              help="A request's whole time upstream, every route tried included.")
+@click.option("--max-request-bytes", type=int, default=64 * 1024 * 1024, show_default=True,
+              help="Larger request bodies are refused with 413.")
+@click.option("--probe-interval-seconds", type=float, default=10.0, show_default=True,
+              help="How often idle links are probed and link figures published.")
+@click.option("-v", "--verbose", is_flag=True, help="Log at debug level.")
+@user_errors
+def gateway(site: str, routes_file: Path | None, workloads: tuple[str, ...], namespaces: tuple[str, ...],
+            listen: str, http_port: int, grpc_port: int, metrics_port: int, tls_cert: str | None,
+            tls_key: str | None, upstream_ca: str | None, deadline_seconds: float, max_request_bytes: int,
+            probe_interval_seconds: float, verbose: bool) -> None:
+    """Serve KServe-V2 (HTTP and gRPC) at a site and forward each request along its model's routes,
+    failing over to the next route when one cannot serve (docs/routes.md); export site traffic,
+    latency and link figures (docs/telemetry.md)."""
+    import asyncio
+    import logging
+
+    from hetplace.site.gateway import GatewaySettings, serve
+    from hetplace.site.sources import FileRoutes, KubeRoutes, Workload, connect_core_v1, deliver_to_loop
+
+    if routes_file is not None and (workloads or namespaces):
+        raise click.BadParameter("--routes reads a file; it cannot be combined with --workload or --namespace",
+                                 param_hint="'--routes'")
+    if routes_file is not None and not routes_file.is_file():
+        raise click.BadParameter(f"{str(routes_file)!r}: no such file", param_hint="'--routes'")
+    parsed: list[Workload] = []
+    for text in workloads:
+        try:
+            parsed.append(Workload.parse(text))
+        except ValueError as e:
+            raise click.BadParameter(str(e), param_hint="'--workload'") from None
+    if bool(tls_cert) != bool(tls_key):
+        raise click.BadParameter("--tls-cert and --tls-key go together",
+                                 param_hint="'--tls-cert'" if tls_key else "'--tls-key'")
+    for flag, value in (("--deadline-seconds", deadline_seconds), ("--probe-interval-seconds", probe_interval_seconds)):
+        if not value > 0:
+            raise click.BadParameter(f"{value!r}: must be > 0", param_hint=f"'{flag}'")
+    if max_request_bytes < 1024:
+        raise click.BadParameter(f"{max_request_bytes}: must be at least 1024", param_hint="'--max-request-bytes'")
+    ports = [p for p in (http_port, grpc_port, metrics_port) if p]
+    if len(set(ports)) != len(ports):
+        raise click.BadParameter(f"the HTTP, gRPC and metrics ports must differ ({http_port}, {grpc_port}, "
+                                 f"{metrics_port})", param_hint="'--http-port'")
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = GatewaySettings(site=site, listen=listen, http_port=http_port, grpc_port=grpc_port,
+                               metrics_port=metrics_port, tls_cert=tls_cert, tls_key=tls_key, upstream_ca=upstream_ca,
+                               deadline_s=deadline_seconds, max_request_bytes=max_request_bytes,
+                               probe_interval_s=probe_interval_seconds)
+
+    async def start_source(router, metrics):
+        if routes_file is not None:
+            source = FileRoutes(str(routes_file), router.replace, metrics)
+            source.poll()
+            task = asyncio.create_task(source.run())
+            return task.cancel
+        source = KubeRoutes(connect_core_v1(), deliver_to_loop(asyncio.get_running_loop(), router.replace),
+                            namespaces=namespaces, workloads=parsed, metrics=metrics)
+        source.start()
+        return source.stop
+
+    asyncio.run(serve(settings, start_source))

@@ -9,6 +9,8 @@ from pydantic import Field, field_validator, model_validator
 from hetplace.api.quantity import parse_quantity
 from hetplace.api.resources import Resources
 from hetplace.api.wire import (
+    CLIENT_GRPC_PATTERN,
+    CLIENT_HTTP_PATTERN,
     DnsLabel,
     SpecModel,
     Token,
@@ -142,6 +144,21 @@ class Link(SpecModel):
     """Round-trip time in milliseconds."""
 
 
+class ClientEndpoints(SpecModel):
+    """How clients outside the cluster reach the groups placed on this pool (an ingress, a load
+    balancer). Routes to this pool carry these addresses instead of the in-cluster Service
+    (docs/routes.md). Placeholders: {service} {namespace} {workload} {pool} {variant}."""
+
+    http: str = Field(max_length=512, pattern=CLIENT_HTTP_PATTERN)
+    """KServe-V2 HTTP base URL, http:// or https:// (TLS), e.g. https://{service}.{namespace}.gpu.example.com."""
+    grpc: str = Field(max_length=512, pattern=CLIENT_GRPC_PATTERN)
+    """KServe-V2 gRPC host:port, grpc:// or grpcs:// (TLS), e.g. grpcs://{service}.grpc.example.com:443."""
+
+    def format(self, **names: str) -> tuple[str, str]:
+        """(http, grpc) of one group."""
+        return self.http.format(**names), self.grpc.format(**names)
+
+
 class ComputePoolSpec(SpecModel):
     """A set of nodes of one hardware class in one region at one site."""
 
@@ -170,6 +187,8 @@ class ComputePoolSpec(SpecModel):
     """Namespaces whose workloads may place here; empty allows all."""
     image: str = Field(default="", max_length=512)
     """Triton image override for this pool, e.g. an arm64 or Jetson build."""
+    client_endpoints: ClientEndpoints | None = None
+    """How clients outside the cluster reach this pool's groups; unset: the in-cluster Services."""
 
     @field_validator("links")
     @classmethod

@@ -48,12 +48,20 @@ class StatusModel(WireModel):
 DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 TOKEN_PATTERN = r"^[A-Za-z0-9]([-._A-Za-z0-9]*[A-Za-z0-9])?$"
 WORKLOAD_REF_PATTERN = r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?/)?[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+# an endpoint template: {service} {namespace} {workload} {pool} {variant}, nothing else between braces
+_PLACEHOLDERS = r"(\{(service|namespace|workload|pool|variant)\}|[^{}\s])"
+CLIENT_HTTP_PATTERN = rf"^https?://{_PLACEHOLDERS}+$"
+CLIENT_GRPC_PATTERN = rf"^grpcs?://{_PLACEHOLDERS}+$"
+_TEMPLATE_RULE = ("with placeholders {service} {namespace} {workload} {pool} {variant} only, "
+                  "and no spaces")
 PATTERN_RULES = {
     DNS_LABEL_PATTERN: "must be a DNS-1123 label: lowercase letters, digits and '-', "
     "starting and ending with a letter or digit",
     TOKEN_PATTERN: "must be letters, digits, '-', '_' or '.', starting and ending with a letter or digit",
     WORKLOAD_REF_PATTERN: "must be NAMESPACE/NAME or NAME, each a DNS-1123 label",
     QUANTITY_PATTERN: QUANTITY_RULE,
+    CLIENT_HTTP_PATTERN: "must be an http:// or https:// URL " + _TEMPLATE_RULE,
+    CLIENT_GRPC_PATTERN: "must be grpc://HOST:PORT or grpcs://HOST:PORT " + _TEMPLATE_RULE,
 }
 
 DnsLabel = Annotated[str, StringConstraints(min_length=1, max_length=63, pattern=DNS_LABEL_PATTERN)]

@@ -68,7 +68,7 @@ def _compare(path: str, want: Any, have: Any, found: list[Difference]) -> None:
             found.append(Difference(path, want, have))
             return
         for key, value in want.items():
-            _compare(f"{path}.{key}", value, have.get(key), found)
+            _compare(f"{path}{'' if path.endswith(':') else '.'}{key}", value, have.get(key), found)
         return
     if isinstance(want, list) and want and all(isinstance(v, Mapping) and "name" in v for v in want):
         by_name = {v.get("name"): v for v in have if isinstance(v, Mapping)} if isinstance(have, list) else {}
@@ -82,8 +82,23 @@ def _compare(path: str, want: Any, have: Any, found: list[Difference]) -> None:
         for index, (w, h) in enumerate(zip(want, have)):
             _compare(f"{path}[{index}]", w, h, found)
         return
+    if isinstance(want, str) and isinstance(have, str) and path.startswith("data.") and want != have:
+        document = _json_document(want), _json_document(have)
+        if None not in document:      # a JSON document (the routes): say which of its fields changed
+            _compare(path + ":", *document, found)
+            return
     if want != have and not _same_quantity(path, want, have):
         found.append(Difference(path, want, have))
+
+
+def _json_document(text: str) -> Mapping[str, Any] | None:
+    if not text.startswith("{"):
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    return value if isinstance(value, Mapping) else None
 
 
 def _same_quantity(path: str, want: Any, have: Any) -> bool:

@@ -24,6 +24,7 @@ from hetplace.engine.decision import Decision, GroupPlan, RoutePlan
 from hetplace.engine.from_api import pool_from_spec, workload_from_spec
 from hetplace.engine.snapshot import Pool, Resources, Workload
 from hetplace.render.names import group_name
+from hetplace.site.routes import DATA_KEY as ROUTES_KEY
 
 APPLIED_HASH = "hetplace.io/applied-hash"
 WORKLOAD_LABEL = "hetplace.io/workload"
@@ -331,16 +332,21 @@ def child_view(body: Mapping[str, Any]) -> Child | None:
 
 
 def _routes_of(body: Mapping[str, Any]) -> tuple[tuple[str, str, str, str], ...]:
+    """(site, pool, variant, encoding) of each site's first route: the routes document
+    (docs/routes.md), or the one route per site key an older hetplace wrote."""
     if body.get("kind") != "ConfigMap":
         return ()
-    found = []
-    for site, raw in sorted((body.get("data") or {}).items()):
-        try:
-            route = json.loads(raw)
-            found.append(tuple(sys.intern(str(v)) for v in (site, route["pool"], route["variant"], route["encoding"])))
-        except (ValueError, KeyError, TypeError):
-            continue        # not one of ours (or hand-edited): it tells nothing
-    return tuple(found)
+    data = body.get("data") or {}
+    try:
+        if ROUTES_KEY in data:
+            sites = json.loads(data[ROUTES_KEY])["sites"]
+            first = sorted((site, options[0]) for site, options in sites.items())
+        else:
+            first = sorted((site, json.loads(raw)) for site, raw in data.items())
+        return tuple(tuple(sys.intern(str(v)) for v in (site, route["pool"], route["variant"], route["encoding"]))
+                     for site, route in first)
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError):
+        return ()        # not one of ours (or hand-edited): it tells nothing
 
 
 def served_by(key: str, children: Iterable[Child], uid: str | None) -> Decision | None:

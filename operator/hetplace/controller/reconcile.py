@@ -21,6 +21,7 @@ from hetplace.controller.fleet_ledger import FleetLedger
 from hetplace.controller.inventory import APPLIED_HASH, Child, Picture, WorkloadView, with_applied_hash
 from hetplace.controller.moves import GroupKey, InFlight, Step, advance, names_of
 from hetplace.engine.decision import Decision
+from hetplace.engine.fallbacks import route_options
 from hetplace.engine.fleet import place_one
 from hetplace.engine.observed import LinkObservation, TrafficObservation, with_links, with_traffic
 from hetplace.engine.snapshot import Snapshot, Workload
@@ -202,7 +203,13 @@ def converge(view: WorkloadView, choice: Choice, picture: Picture, telemetry: Te
                             if (g.pool, g.variant) in step.run and g.pool in picture.pools)
     rendered = render_decision(workload, picture.pools, dataclasses.replace(choice.target, groups=rendered_groups),
                                default_image=image)
-    routes = routes_configmap(workload, step.routes)
+    new_decision = view.status is None or view.status.decision is None or (
+        view.status.decision.fingerprint != step.routes.fingerprint())
+    decided_at = now if new_decision else view.status.decision.at
+    draining = running if step.reason == "Draining" else None
+    options = route_options(engine_workload(view, telemetry), with_links(picture.engine_pools(), telemetry.links),
+                            step.routes, draining)
+    routes = routes_configmap(workload, options, picture.pools, view.generation, decided_at)
     desired = [with_applied_hash(o) for o in (*rendered.deployments, *rendered.services, routes)]
     # groups kept as they run: only the running placement has them, or their pool is gone
     untouched = {group_name(workload.metadata.name, *k) for k in step.run
@@ -242,14 +249,12 @@ def converge(view: WorkloadView, choice: Choice, picture: Picture, telemetry: Te
                  "every group is available and its model ready" if all_ready else
                  "; ".join([step.message, *(f"{p}/{v}: {why}" for (p, v), why in sorted((waiting or {}).items()))])),
     }
-    new_decision = view.status is None or view.status.decision is None or (
-        view.status.decision.fingerprint != serving.fingerprint())
     status = workload_status(
         workload.metadata.name, view.generation, serving, Phase.MIGRATING if moving else Phase.PLACED, now, observed,
-        previous=view.status, decided_at=now if new_decision else view.status.decision.at,
+        previous=view.status, decided_at=decided_at,
         moving_to=choice.target if moving else None, move_started=choice.started if moving else None,
         routes_switched=(view.routes_switched or now) if step.reason == "Draining" else None,
-        leaving=running if step.reason == "Draining" else None,
+        leaving=draining,
         observed_ms=telemetry.route_latency_ms.get(view.key), deleted_pools=deleted).wire()
     events = _move_events(choice, step, view) + (() if dry_run else tuple(
         Note("Warning", "DriftCorrected", message) for _, message in sorted(drifted.items())))

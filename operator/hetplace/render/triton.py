@@ -1,16 +1,20 @@
 """A decision as Kubernetes objects: per group a Triton Deployment and its Service, and one ConfigMap
-of routes (site -> endpoint and encoding). Pure: objects in, plain dicts out (docs/design.md §4).
+of routes (per site the routes to try, docs/routes.md). Pure: objects in, plain dicts out (docs/design.md §4).
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, Mapping
+from datetime import datetime, timezone
+from typing import Any, Mapping, Sequence
 
 from hetplace.api.models import ComputePool, InferenceWorkload
 from hetplace.engine.decision import Decision, GroupPlan
+from hetplace.engine.fallbacks import SLO_TOLERANCE_MS, RouteOption
 from hetplace.render.names import group_name, label_value, routes_name
+from hetplace.site.routes import DATA_KEY as ROUTES_KEY
+from hetplace.site.routes import VERSION as ROUTES_VERSION
 
 # A pinned Triton release; a pool may override it (spec.image), e.g. with an arm64/Jetson build.
 DEFAULT_TRITON_IMAGE = "nvcr.io/nvidia/tritonserver:24.12-py3"
@@ -34,9 +38,11 @@ class Rendered:
 
 
 def render_decision(workload: InferenceWorkload, pools: Mapping[str, ComputePool], decision: Decision,
-                    default_image: str = DEFAULT_TRITON_IMAGE) -> Rendered:
+                    default_image: str = DEFAULT_TRITON_IMAGE,
+                    routes: Mapping[str, Sequence[RouteOption]] | None = None) -> Rendered:
     """The objects of a feasible decision. The workload's uid, when it has one, becomes the owner
-    reference of each (so Kubernetes removes them with it); without one (GitOps review) there is none."""
+    reference of each (so Kubernetes removes them with it); without one (GitOps review) there is none.
+    `routes`: each site's routes with fallbacks (engine.fallbacks); without them, the decided ones."""
     if not decision.feasible:
         raise ValueError(f"{workload.key}: nothing to render for an infeasible decision ({decision.reason})")
     deployments, services = [], []
@@ -44,7 +50,9 @@ def render_decision(workload: InferenceWorkload, pools: Mapping[str, ComputePool
         pool = pools[group.pool]
         deployments.append(deployment(workload, pool, group, default_image))
         services.append(service(workload, group))
-    return Rendered(tuple(deployments), tuple(services), routes_configmap(workload, decision))
+    if routes is None:
+        routes = decided_routes(decision, workload.spec.slo.latency_ms)
+    return Rendered(tuple(deployments), tuple(services), routes_configmap(workload, routes, pools))
 
 
 def labels(workload: InferenceWorkload, group: GroupPlan | None = None) -> dict[str, str]:
@@ -135,16 +143,46 @@ def service(workload: InferenceWorkload, group: GroupPlan) -> dict[str, Any]:
     }
 
 
-def routes_configmap(workload: InferenceWorkload, decision: Decision) -> dict[str, Any]:
-    """site -> {http, grpc, encoding, pool, variant}: where that site's clients send, and how."""
-    namespace = workload.metadata.namespace
-    data = {}
-    for group in decision.groups:
-        host = f"{group_name(workload.metadata.name, group.pool, group.variant)}.{namespace}.svc"
-        for route in group.routes:
-            data[route.site] = json.dumps({"http": f"http://{host}:{HTTP_PORT}", "grpc": f"{host}:{GRPC_PORT}",
-                                           "encoding": route.encoding, "pool": group.pool,
-                                           "variant": group.variant}, sort_keys=True)
+def routes_configmap(workload: InferenceWorkload, routes: Mapping[str, Sequence[RouteOption]],
+                     pools: Mapping[str, ComputePool], generation: int | None = None,
+                     decided_at: datetime | None = None) -> dict[str, Any]:
+    """The routes document (docs/routes.md) of `routes` (site -> routes, decided first) as the
+    ConfigMap `<workload>-routes`. `generation` and `decided_at` are left out when there is no live
+    workload (`hetplace render`)."""
+    model = workload.spec.model.name
+    sites = {site: [_route(workload, pools.get(o.pool), o, model) for o in options]
+             for site, options in sorted(routes.items())}
+    document: dict[str, Any] = {"version": ROUTES_VERSION, "workload": workload.key}
+    if generation is not None:
+        document["generation"] = generation
+    if decided_at is not None:
+        document["decidedAt"] = decided_at.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    document.update({"model": model, "sloLatencyMs": workload.spec.slo.latency_ms, "sites": sites})
     return {"apiVersion": "v1", "kind": "ConfigMap",
             "metadata": metadata(workload, routes_name(workload.metadata.name)),
-            "data": dict(sorted(data.items()))}
+            "data": {ROUTES_KEY: json.dumps(document, separators=(",", ":"))}}
+
+
+def decided_routes(decision: Decision, slo_ms: float) -> dict[str, list[RouteOption]]:
+    """Each site's decided route alone: routes without fallbacks."""
+    return {r.site: [RouteOption(g.pool, g.variant, r.encoding, r.predicted_latency_ms,
+                                 r.predicted_latency_ms <= slo_ms + SLO_TOLERANCE_MS, decided=True)]
+            for g in decision.groups for r in g.routes}
+
+
+def _route(workload: InferenceWorkload, pool: ComputePool | None, o: RouteOption, model: str) -> dict[str, Any]:
+    service_name = group_name(workload.metadata.name, o.pool, o.variant)
+    namespace = workload.metadata.namespace
+    if pool is not None and pool.spec.client_endpoints is not None:
+        http, grpc = pool.spec.client_endpoints.format(service=service_name, namespace=namespace,
+                                                       workload=workload.metadata.name, pool=o.pool, variant=o.variant)
+    else:
+        host = f"{service_name}.{namespace}.svc"
+        http, grpc = f"http://{host}:{HTTP_PORT}", f"grpc://{host}:{GRPC_PORT}"
+    route: dict[str, Any] = {"pool": o.pool, "variant": o.variant, "encoding": o.encoding, "model": model,
+                             "http": http, "grpc": grpc, "withinSlo": o.within_slo,
+                             "decided": o.decided, "draining": o.draining}
+    if o.predicted_latency_ms is not None:
+        # two significant figures: finer ones would rewrite the ConfigMap on every telemetry reading
+        route["predictedLatencyMs"] = float(f"{o.predicted_latency_ms:.2g}")
+    return route
