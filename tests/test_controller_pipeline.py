@@ -183,6 +183,16 @@ DROP = Telemetry(links=(LinkObservation("factory-eu-1", "gpu-cloud-eu", 250, 25)
                         LinkObservation("factory-eu-1", "cpu-cloud-eu", 250, 25)))
 
 
+def test_the_routes_document_carries_the_generation_and_the_time_of_the_decision_it_follows():
+    cluster = placed_cluster()
+    document = from_configmap(cluster.children[("ConfigMap", "defect-detector-routes")])
+    decided_at = datetime.fromisoformat(cluster.body["status"]["decision"]["at"].replace("Z", "+00:00"))
+    assert (document.workload, document.generation, document.decided_at) == ("factory/defect-detector", 1, decided_at)
+    assert document.decided_at == T0, "the decision was made at the first cycle, not at the one that saw it Ready"
+    again = cluster.cycle(T0 + timedelta(minutes=5))
+    assert not any(o["kind"] == "ConfigMap" for o in again.apply), "an unchanged decision rewrites no routes"
+
+
 def test_a_move_is_make_before_break():
     cluster = placed_cluster()
     cluster.body["metadata"]["generation"] = 2       # a spec change re-plans, here under the dropped uplink

@@ -18,13 +18,20 @@ from typing import Literal, Mapping
 from hetplace.api.status import Phase
 from hetplace.controller.drift import describe, differences
 from hetplace.controller.fleet_ledger import FleetLedger
-from hetplace.controller.inventory import APPLIED_HASH, Child, Picture, WorkloadView, with_applied_hash
+from hetplace.controller.inventory import (
+    APPLIED_HASH,
+    Child,
+    Picture,
+    WorkloadView,
+    live_pool,
+    with_applied_hash,
+)
 from hetplace.controller.moves import GroupKey, InFlight, Step, advance, names_of
 from hetplace.engine.decision import Decision
 from hetplace.engine.fallbacks import route_options
 from hetplace.engine.fleet import place_one
 from hetplace.engine.observed import LinkObservation, TrafficObservation, with_links, with_traffic
-from hetplace.engine.snapshot import Snapshot, Workload
+from hetplace.engine.snapshot import Pool, Snapshot, Workload
 from hetplace.engine.usage import Ledger
 from hetplace.k8s.status import Observed, two_digits, workload_status
 from hetplace.render.names import group_name
@@ -207,7 +214,7 @@ def converge(view: WorkloadView, choice: Choice, picture: Picture, telemetry: Te
         view.status.decision.fingerprint != step.routes.fingerprint())
     decided_at = now if new_decision else view.status.decision.at
     draining = running if step.reason == "Draining" else None
-    options = route_options(engine_workload(view, telemetry), with_links(picture.engine_pools(), telemetry.links),
+    options = route_options(engine_workload(view, telemetry), _route_pools(picture, telemetry, step.routes, draining),
                             step.routes, draining)
     routes = routes_configmap(workload, options, picture.pools, view.generation, decided_at)
     desired = [with_applied_hash(o) for o in (*rendered.deployments, *rendered.services, routes)]
@@ -260,6 +267,13 @@ def converge(view: WorkloadView, choice: Choice, picture: Picture, telemetry: Te
         Note("Warning", "DriftCorrected", message) for _, message in sorted(drifted.items())))
     return Outcome(apply, delete, _changed(view, status), events,
                    "moving" if moving else ("unchanged" if choice.verdict == "keep" else "placed"), serving)
+
+
+def _route_pools(picture: Picture, telemetry: Telemetry, *placements: Decision | None) -> tuple[Pool, ...]:
+    """The pools of the groups that may serve a site, as observed (fallbacks are ranked on them)."""
+    names = {g.pool for d in placements if d is not None for g in d.groups}
+    return with_links(tuple(live_pool(picture.pools[n], picture.nodes) for n in sorted(names) if n in picture.pools),
+                      [o for o in telemetry.links if o.pool in names])
 
 
 def _drifted(desired: list[dict], owned: Mapping[tuple[str, str], Child], live: Mapping[tuple[str, str], Mapping | None],
