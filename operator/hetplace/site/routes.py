@@ -133,19 +133,28 @@ def from_configmap(configmap: Mapping[str, Any], where: str = "") -> RoutesDocum
 def read_file(path: str) -> list[RoutesDocument]:
     """Every routes document in a YAML file: one ConfigMap, several (multi-document), or a `kind: List`."""
     with open(path, encoding="utf-8") as f:
-        try:
-            docs = [d for d in yaml.safe_load_all(f) if d is not None]
-        except yaml.YAMLError as e:
-            raise RoutesError(f"{path}: not YAML: {e}") from None
+        text = f.read()
+    return [from_configmap(item, where=f"{path}: ConfigMap {(item.get('metadata') or {}).get('name', '?')}")
+            for item in configmaps_in(text, path)]
+
+
+def configmaps_in(text: str, path: str) -> list[Mapping[str, Any]]:
+    """The ConfigMaps of a YAML text: one, several (multi-document) or a `kind: List`."""
+    try:
+        docs = [d for d in yaml.safe_load_all(text) if d is not None]
+    except yaml.YAMLError as e:
+        raise RoutesError(f"{path}: not YAML: {e}") from None
     items: list[Mapping[str, Any]] = []
     for d in docs:
         if not isinstance(d, Mapping):
             raise RoutesError(f"{path}: a document is not a mapping")
-        items.extend((d.get("items") or []) if d.get("kind") == "List" else [d])
+        listed = (d.get("items") or []) if d.get("kind") == "List" else [d]
+        if not all(isinstance(item, Mapping) for item in listed):
+            raise RoutesError(f"{path}: an item of the List is not a mapping")
+        items.extend(listed)
     if not items:
         raise RoutesError(f"{path}: no routes ConfigMap in the file")
-    return [from_configmap(item, where=f"{path}: ConfigMap {(item.get('metadata') or {}).get('name', '?')}")
-            for item in items]
+    return items
 
 
 def json_schema() -> dict[str, Any]:
