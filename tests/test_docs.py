@@ -14,6 +14,7 @@ from hetplace.api.status import Phase
 from hetplace.config import DEFAULT_QUERIES, Settings
 from hetplace.k8s.status import CONDITION_TYPES, POOL_CONDITION_TYPES
 from hetplace.metrics import OperatorMetrics
+from hetplace.site.telemetry import SiteMetrics
 
 pytestmark = pytest.mark.unit
 
@@ -58,8 +59,14 @@ def test_the_metrics_table_names_exactly_the_registered_metrics() -> None:
     assert set(documented) == exposed_metric_names()
 
 
+def site_metric_names() -> set[str]:
+    """What `hetplace gateway` and `hetplace.client` expose (docs/telemetry.md)."""
+    return {family.name + "_total" if family.type == "counter" else family.name
+            for family in SiteMetrics("a-site").registry.collect()}
+
+
 def test_every_hetplace_series_named_in_the_docs_is_registered_or_read_by_a_template() -> None:
-    registered = exposed_metric_names()
+    registered = exposed_metric_names() | site_metric_names()
     histogram_parts = {f"{n}{suffix}" for n in registered for suffix in ("_bucket", "_sum", "_count")}
     templates = " ".join(DEFAULT_QUERIES.values())
     for page in PAGES:
