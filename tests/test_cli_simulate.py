@@ -32,16 +32,17 @@ def test_json_has_exactly_the_documented_keys():
     run = simulate_factory("--policy", "all", "-o", "json")
     assert run.returncode == 0, run.stderr
     doc = json.loads(run.stdout)
-    assert list(doc) == ["scenario", "steps", "stepSeconds", "policies"]
-    assert (doc["scenario"], doc["steps"], doc["stepSeconds"]) == ("factory-bandwidth-drop", 60, 60)
+    assert list(doc) == ["scenario", "steps", "stepSeconds", "gateway", "policies"]
+    assert (doc["scenario"], doc["steps"], doc["stepSeconds"], doc["gateway"]) == ("factory-bandwidth-drop", 60, 60, True)
     assert list(doc["policies"]) == ALL
     for policy in doc["policies"].values():
-        assert list(policy) == ["sloAttainment", "meanCostPerHour", "migrations", "resizes", "timeline"]
+        assert list(policy) == ["sloAttainment", "meanCostPerHour", "migrations", "resizes", "fallbackRouteSteps",
+                                "savedRouteSteps", "timeline"]
         assert len(policy["timeline"]) == 60
         step = policy["timeline"][0]
         assert list(step) == ["t", "costPerHour", "routes", "moves", "unplaced"]
-        assert all(list(r) == ["workload", "site", "servedBy", "requestsPerSecond", "latencyMs", "withinSlo",
-                               "whyMissed"] for r in step["routes"])
+        assert all(list(r) == ["workload", "site", "servedBy", "fallback", "requestsPerSecond", "latencyMs",
+                               "withinSlo", "whyMissed"] for r in step["routes"])
     repair = doc["policies"]["hetplace"]["timeline"][16]["moves"][0]
     assert list(repair) == ["workload", "reason", "kind", "decidedAt", "from", "to", "why"]
     assert repair["kind"] == "move"
@@ -64,7 +65,7 @@ def test_which_policies_run(options, policies):
 def test_the_table_compares_the_policies_and_says_what_moved():
     run = simulate_factory("--policy", "all")
     assert run.returncode == 0, run.stderr
-    for words in ("hetplace", "99.72%", "91.67%", "100.00%", "factory-eu-1", "unserved",
+    for words in ("hetplace", "99.72%", "91.67%", "100.00%", "factory-eu-1", "unserved", "saved by gateway",
                   "repair (decided at t=900 s)", "edge-only: factory/defect-detector never placed"):
         assert words in run.stdout
 
@@ -118,3 +119,25 @@ def test_what_the_solver_prints_cannot_reach_stdout_while_simulating(capfd):
         os.write(1, b"solver noise\n")
     out, err = capfd.readouterr()
     assert "solver noise" not in out and "solver noise" in err
+
+
+def test_no_gateway_turns_the_sites_failover_off(tmp_path):
+    # plant-a's pool is down for three steps; its fallback, plant-b's pool, serves it only with the gateway
+    pools = [a_pool(name).cpu().site(site).nodes(count=4, cpu="4", memory="8Gi").hourly(0.2).link(other, 2000, 25)
+             for name, site, other in (("cpu-a", "plant-a", "plant-b"), ("cpu-b", "plant-b", "plant-a"))]
+    workload = (a_workload("detector", namespace="plant").encoding("features", 10_000)
+                .variant("onnx", "cpu", latency_ms=10, tail_ms=15, concurrency=2, cpu="2", memory="2Gi")
+                .traffic("plant-a", 10).traffic("plant-b", 90).policy(objective="MinLatency"))
+    scenario = a_scenario(duration_s=420).pool_down_at(120, "cpu-a").pool_up_at(300, "cpu-a")
+    path = write_manifests(tmp_path / "scenario.yaml", *pools, workload, scenario)
+    docs = {}
+    for flag in ("--gateway", "--no-gateway"):
+        run = hetplace("simulate", path, "--policy", "static", "-o", "json", flag)
+        assert run.returncode == 0, run.stderr
+        docs[flag] = json.loads(run.stdout)
+    assert hetplace("simulate", path, "--policy", "static").stdout.count("route-step(s) from a fallback") == 1
+    on, off = docs["--gateway"], docs["--no-gateway"]
+    assert (on["gateway"], off["gateway"]) == (True, False)
+    assert on["policies"]["static"]["savedRouteSteps"] == 3
+    assert off["policies"]["static"]["savedRouteSteps"] == 0
+    assert on["policies"]["static"]["sloAttainment"] > off["policies"]["static"]["sloAttainment"]

@@ -127,9 +127,13 @@ def explain(workload_file: Path, pools_path: Path | None, telemetry_path: Path |
 @click.option("--progress/--no-progress", default=None,
               help=f"A progress bar on stderr (default: when stderr is a terminal or the run has at least "
                    f"{LONG_RUN_STEPS} steps x policies).")
+@click.option("--gateway/--no-gateway", default=True, show_default=True,
+              help="Sites run `hetplace gateway`: a route whose pool is down or whose link is saturated is served "
+                   "in the same step by the first live fallback of the site's routes. --no-gateway: it stays "
+                   "unserved until a decision moves it (to compare).")
 @user_errors
 def simulate(scenario_paths: tuple[Path, ...], policies: tuple[str, ...], output: str, plot_path: Path | None,
-             progress: bool | None) -> None:
+             progress: bool | None, gateway: bool) -> None:
     """Run a scenario through the control loop and compare policies, without a cluster.
 
     SCENARIO is one or more files or directories of YAML holding the ComputePool and
@@ -137,6 +141,9 @@ def simulate(scenario_paths: tuple[Path, ...], policies: tuple[str, ...], output
     {durationSeconds, stepSeconds, events: [{at, links, traffic, poolDown, poolUp}]}.
     Decisions take effect one step after the state they saw; the first placement is deployed
     before traffic starts and serves from t = 0. `oracle` is the optimum of each step, at that step.
+    Every policy runs with the site side installed: each site's gateway holds the routes written when
+    the placement in force was decided and, when a route's pool is down or its link saturated, sends
+    its requests to the first fallback with room, in the same step (--no-gateway turns this off).
 
     Exit status: 0 ran (whatever the attainment), 2 invalid input.
     """
@@ -154,10 +161,10 @@ def simulate(scenario_paths: tuple[Path, ...], policies: tuple[str, ...], output
 
             with Progress(console=Console(stderr=True), transient=sys.stderr.isatty()) as bar:
                 task = bar.add_task(f"simulating {trace.name}", total=steps)
-                sim = run_scenario(trace, names, on_step=lambda policy: bar.update(
+                sim = run_scenario(trace, names, gateway=gateway, on_step=lambda policy: bar.update(
                     task, advance=1, description=f"simulating {trace.name}: {policy}"))
         else:
-            sim = run_scenario(trace, names)
+            sim = run_scenario(trace, names, gateway=gateway)
 
     if output == "json":
         click.echo(json.dumps(report.simulation_json(sim), indent=2))

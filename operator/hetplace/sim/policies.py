@@ -8,6 +8,11 @@ becomes Ready in between. Their first placement is the deployment before traffic
 decided on the state at t = 0 and serves from t = 0. `oracle` knows each step's true state and
 is placed optimally for it at that same step, with no hysteresis: the bound the others are
 measured against.
+
+With each placement a policy also says what the routes ConfigMap holds for it: per site the decided
+route, then the workload's other running groups ranked as the operator ranks them
+(engine.fallbacks), computed on the state the placement was decided on and kept while it runs. A
+site's gateway fails over along that list (sim.failover).
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Mapping, Protocol
 
 from hetplace.engine.decision import Decision
+from hetplace.engine.fallbacks import RouteOption, route_options
 from hetplace.engine.fleet import place_fleet
 from hetplace.engine.measure import measure_fleet
 from hetplace.engine.observed import planning_view
@@ -23,6 +29,8 @@ from hetplace.engine.rebalance import MoveReason, Running, change_kind, plan_mov
 from hetplace.engine.snapshot import Hardware, Snapshot
 from hetplace.sim import POLICIES
 from hetplace.sim.trace import Conditions
+
+SiteRoutes = Mapping[str, tuple[RouteOption, ...]]       # site -> its routes, the decided one first
 
 # The control loops plan for the worst link and traffic seen over this window (engine.observed.planning_view).
 PLANNING_WINDOW_SECONDS = 1800.0
@@ -48,11 +56,33 @@ class InEffect:
     decisions: Mapping[str, Decision]
     moves: tuple[PolicyMove, ...] = ()
     unplaced: Mapping[str, str] = field(default_factory=dict)    # workload key -> why nothing runs
+    routes: Mapping[str, SiteRoutes] = field(default_factory=dict)   # workload key -> what its routes ConfigMap says
 
 
 class Policy(Protocol):
     def step(self, now: Conditions) -> InEffect:
         """What is in effect at `now.t_s`; called once per step, in time order."""
+
+
+class RoutesConfigMaps:
+    """The routes document of each placement, as written when the placement was decided: recomputed
+    only for a workload whose placement changed, on the state of that moment."""
+
+    def __init__(self) -> None:
+        self._by_key: dict[str, tuple[str, SiteRoutes]] = {}
+
+    def update(self, decisions: Mapping[str, Decision], now: Conditions) -> dict[str, SiteRoutes]:
+        workloads = {w.key: w for w in now.workloads}
+        held = {}
+        for key, d in decisions.items():
+            fingerprint = d.fingerprint()
+            kept = self._by_key.get(key)
+            if kept is None or kept[0] != fingerprint:
+                options = route_options(workloads[key], now.pools, d) if key in workloads and d.feasible else {}
+                kept = (fingerprint, {site: tuple(routes) for site, routes in options.items()})
+            held[key] = kept
+        self._by_key = held
+        return {key: routes for key, (_, routes) in held.items()}
 
 
 def placement_label(decision: Decision | None) -> str:
@@ -78,13 +108,15 @@ class ControlLoop:
         self._running: dict[str, Running] | None = None
         self._unplaced: dict[str, str] = {}
         self._pending: tuple[PolicyMove, ...] = ()
+        self._held = RoutesConfigMaps()
+        self._routes: dict[str, SiteRoutes] = {}
 
     def step(self, now: Conditions) -> InEffect:
         if self._running is None:     # the deployment, before traffic starts: serves from t = 0
             self._running = {}
             deployment = self._cycle(now)
-            return InEffect(self._decisions(), deployment, self._unplaced)
-        in_effect = InEffect(self._decisions(), self._pending, self._unplaced)
+            return InEffect(self._decisions(), deployment, self._unplaced, self._routes)
+        in_effect = InEffect(self._decisions(), self._pending, self._unplaced, self._routes)
         self._pending = self._cycle(now) if self._adapts else ()
         return in_effect
 
@@ -103,6 +135,7 @@ class ControlLoop:
         self._running = {key: Running(d, now.t_s if key in moved else self._running[key].last_move_s)
                          for key, d in plan.decisions.items()}
         self._unplaced = {h.workload: h.why for h in plan.held if h.workload not in plan.decisions}
+        self._routes = self._held.update(self._decisions(), now)
         return tuple(PolicyMove(m.workload, m.reason, now.t_s, placement_label(m.before), placement_label(m.after),
                                 m.why, m.kind) for m in plan.moves)
 
@@ -113,6 +146,7 @@ class Oracle:
     def __init__(self, *, time_limit_s: float = 10.0) -> None:
         self._time_limit_s = time_limit_s
         self._decisions: dict[str, Decision] = {}
+        self._held = RoutesConfigMaps()
 
     def step(self, now: Conditions) -> InEffect:
         plan = place_fleet(now.workloads, Snapshot(now.pools), time_limit_s=self._time_limit_s)
@@ -140,7 +174,7 @@ class Oracle:
                                     change_kind(before, after)))
         self._decisions = decisions
         unplaced = {key: d.reason for key, d in plan.by_key.items() if not d.feasible and key not in decisions}
-        return InEffect(decisions, tuple(moves), unplaced)
+        return InEffect(decisions, tuple(moves), unplaced, self._held.update(decisions, now))
 
 
 def make_policy(name: str, *, time_limit_s: float = 10.0) -> Policy:

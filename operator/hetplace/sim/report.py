@@ -16,18 +16,24 @@ MAX_MOVE_LINES = 6
 
 
 def simulation_json(sim: Simulation) -> dict[str, Any]:
-    """`{scenario, steps, stepSeconds, policies: {name: {sloAttainment, meanCostPerHour, migrations, resizes, timeline}}}`
-    (`resizes`, beyond docs/design.md §5: replicas or encodings changed in place, not counted as migrations)."""
+    """`{scenario, steps, stepSeconds, gateway, policies: {name: {sloAttainment, meanCostPerHour, migrations,
+    resizes, fallbackRouteSteps, savedRouteSteps, timeline}}}`. Beyond docs/design.md §5: `resizes` (replicas
+    or encodings changed in place, not counted as migrations), and what the sites' gateways did —
+    `gateway` (on or off), the route-steps served by a fallback and those it saved, and per route
+    whether a fallback served it."""
     return {
         "scenario": sim.trace.name,
         "steps": len(sim.trace.step_times),
         "stepSeconds": _seconds(sim.trace.step_s),
+        "gateway": sim.gateway,
         "policies": {
             name: {
                 "sloAttainment": round(run.slo_attainment, 6),
                 "meanCostPerHour": round(run.mean_cost_per_hour, 6),
                 "migrations": run.migrations,
                 "resizes": run.resizes,
+                "fallbackRouteSteps": run.fallback_route_steps,
+                "savedRouteSteps": run.saved_route_steps,
                 "timeline": [_step_json(s) for s in run.steps],
             }
             for name, run in sim.runs.items()
@@ -44,6 +50,7 @@ def _step_json(step: StepOutcome) -> dict[str, Any]:
                 "workload": r.workload,
                 "site": r.site,
                 "servedBy": r.served_by,
+                "fallback": r.fallback,
                 "requestsPerSecond": r.requests_per_second,
                 "latencyMs": round(r.latency_ms, 3) if math.isfinite(r.latency_ms) else None,
                 "withinSlo": r.within_slo,
@@ -78,7 +85,7 @@ def summary_table(sim: Simulation) -> Table:
     table = Table(title=f"{trace.name}: {len(trace.step_times)} steps of {trace.step_s:g} s "
                         f"({trace.duration_s:g} s), {len(trace.workloads)} workload(s), {len(trace.pools)} pool(s)")
     for column in ("policy", "SLO attainment", "mean $/h", "migrations", "resizes", "worst route latency",
-                   "route-steps missed"):
+                   "route-steps missed", "saved by gateway"):
         table.add_column(column, justify="left" if column == "policy" else "right")
     for run in sim.runs.values():
         worst = run.worst_latency_ms
@@ -90,6 +97,7 @@ def summary_table(sim: Simulation) -> Table:
             str(run.resizes),
             f"{worst:.1f} ms" if math.isfinite(worst) else Text("unserved", style="red"),
             str(run.missed_route_steps()),
+            str(run.saved_route_steps) if sim.gateway else Text("off", style="dim"),
         )
     return table
 
@@ -128,6 +136,12 @@ def _notes(run: PolicyRun) -> list[str]:
                      f"{m.before or 'nothing'} -> {m.after}; {m.why}")
     if len(moves) > MAX_MOVE_LINES:
         lines.append(f"... and {len(moves) - MAX_MOVE_LINES} more moves (-o json has them all)")
+    served = [(s.t_s, r) for s in run.steps for r in s.routes if r.fallback]
+    if served:
+        first_t_s, first = served[0]
+        lines.append(f"the gateway served {len(served)} route-step(s) from a fallback and saved "
+                     f"{run.saved_route_steps} (within the SLO, missed without it); first at t={first_t_s:g} s: "
+                     f"{first.workload} {first.site} -> {first.served_by}")
     unplaced: dict[str, tuple[int, str]] = {}
     for s in run.steps:
         for key, why in s.unplaced.items():

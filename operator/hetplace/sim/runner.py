@@ -1,5 +1,7 @@
 """Run a trace under each policy and score every step: what each route's requests really got, and
-what the placements in effect cost."""
+what the placements in effect cost. With the gateway on (the site side is part of the
+installation), a route that fails is served in the same step by the first live fallback its site
+holds; each step is also measured without it, to count the route-steps the gateway saved."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable, Mapping, Sequence
 
 from hetplace.engine.measure import RouteMeasure, measure_fleet
+from hetplace.sim.failover import fail_over
 from hetplace.sim.policies import PolicyMove, make_policy
 from hetplace.sim.trace import Disruption, Trace
 
@@ -24,6 +27,7 @@ class StepOutcome:
     routes: tuple[RouteMeasure, ...]
     moves: tuple[PolicyMove, ...] = ()
     unplaced: Mapping[str, str] = field(default_factory=dict)     # workload key -> why nothing runs
+    saved_route_steps: int = 0    # routes that missed the SLO without the gateway and met it with it
 
 
 def attainment(routes: Iterable[RouteMeasure]) -> float:
@@ -76,6 +80,16 @@ class PolicyRun:
     def missed_route_steps(self) -> int:
         return sum(not r.within_slo and r.requests_per_second > 0 for s in self.steps for r in s.routes)
 
+    @property
+    def fallback_route_steps(self) -> int:
+        """Route-steps a gateway served from a fallback (within the SLO or not)."""
+        return sum(r.fallback for s in self.steps for r in s.routes)
+
+    @property
+    def saved_route_steps(self) -> int:
+        """Route-steps that would have missed the SLO (or gone unserved) without the gateway and met it with it."""
+        return sum(s.saved_route_steps for s in self.steps)
+
 
 @dataclass(frozen=True)
 class Simulation:
@@ -84,6 +98,7 @@ class Simulation:
     trace: Trace
     runs: Mapping[str, PolicyRun]
     disruptions: tuple[Disruption, ...]
+    gateway: bool = True
 
     @property
     def routes(self) -> list[RouteKey]:
@@ -106,9 +121,11 @@ class Simulation:
         return {w.key: w.slo_latency_ms for w in self.trace.workloads}
 
 
-def simulate(trace: Trace, policies: Sequence[str], *, time_limit_s: float = 10.0,
+def simulate(trace: Trace, policies: Sequence[str], *, gateway: bool = True, time_limit_s: float = 10.0,
              on_step: Callable[[str], None] | None = None) -> Simulation:
-    """Step every policy through the trace; `on_step(policy)` is called after each step (progress)."""
+    """Step every policy through the trace; `gateway`: sites fail over to the fallbacks of their routes
+    (False: a failed route stays unserved until a decision moves it); `on_step(policy)` is called
+    after each step (progress)."""
     states = list(trace.conditions())
     runs = {}
     for name in policies:
@@ -119,9 +136,15 @@ def simulate(trace: Trace, policies: Sequence[str], *, time_limit_s: float = 10.
             placed = [(w, effect.decisions.get(w.key)) for w in now.workloads]
             # a placement on a pool that is down still costs: it is deployed, it just serves nothing
             cost = math.fsum(d.cost_per_hour for d in effect.decisions.values() if d.feasible)
-            steps.append(StepOutcome(now.t_s, cost, tuple(measure_fleet(placed, now.pools)), effect.moves,
-                                     effect.unplaced))
+            unaided = measure_fleet(placed, now.pools)
+            routes, saved = unaided, 0
+            rerouted = fail_over(placed, now.pools, effect.routes, unaided) if gateway else {}
+            if rerouted:
+                routes = measure_fleet(placed, now.pools, rerouted=rerouted)
+                saved = sum(r.requests_per_second > 0 and r.within_slo and not before.within_slo
+                            for before, r in zip(unaided, routes, strict=True))
+            steps.append(StepOutcome(now.t_s, cost, tuple(routes), effect.moves, effect.unplaced, saved))
             if on_step is not None:
                 on_step(name)
         runs[name] = PolicyRun(name, tuple(steps))
-    return Simulation(trace, runs, trace.disruptions())
+    return Simulation(trace, runs, trace.disruptions(), gateway)
