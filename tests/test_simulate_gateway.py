@@ -201,3 +201,15 @@ def test_the_factory_demo_is_the_same_with_and_without_the_gateway(factory_both_
     assert (on.slo_attainment, on.mean_cost_per_hour, on.migrations) == \
         (off.slo_attainment, off.mean_cost_per_hour, off.migrations)
     assert (on.fallback_route_steps, on.saved_route_steps) == (0, 0)
+
+
+def test_the_bundled_pool_down_example_shows_what_the_gateway_saves():
+    path = REPO / "manifests" / "examples" / "two-plants-pool-down.yaml"
+    trace = trace_from_manifests(load_manifests([path]), str(path))
+    with_gateway = simulation_json(simulate(trace, ("hetplace", "static")))
+    without = simulation_json(simulate(trace, ("hetplace", "static"), gateway=False))
+    saved = {p: with_gateway["policies"][p]["savedRouteSteps"] for p in ("hetplace", "static")}
+    assert saved == {"hetplace": 1, "static": 15}, "plant-a's 15 outage steps; hetplace's repair lands one step later"
+    for policy in ("hetplace", "static"):
+        assert with_gateway["policies"][policy]["sloAttainment"] == 1.0
+        assert without["policies"][policy]["sloAttainment"] < 1.0
