@@ -3,6 +3,8 @@ loop that tries them (docs/routes.md). Shared by `hetplace gateway` and `hetplac
 knows no transport: a transport hands `Router.call` a `send(route, timeout_s)` coroutine that
 returns a response, or raises `UpstreamFailure` for what another route may serve instead (no
 connection, a 5xx, a timeout). Anything else it returns — a 4xx included — is the answer.
+`Router.call_blocking` is the same loop for a blocking `send` (tritonclient's sync clients),
+called from any number of threads.
 
 A route that failed is down for a short interval that doubles with each failure in a row (1 s up
 to 30 s by default); when the interval is over, one request at a time may try it again, and a
@@ -14,9 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from dataclasses import dataclass
-from typing import Awaitable, Callable, Generic, Iterable, TypeVar
+from typing import Awaitable, Callable, Generic, Iterable, Iterator, TypeVar
 
 from hetplace.site.routes import Route, RoutesDocument
 from hetplace.site.telemetry import FailureReason, SiteMetrics
@@ -96,57 +99,66 @@ class _Health:
 
 
 class RouteHealth:
-    """Which routes are down and when they may be tried again. Not thread-safe: one event loop owns it."""
+    """Which routes are down and when they may be tried again. Thread-safe (a lock held for a dict
+    update, never across an await), so blocking callers in many threads and a prober can share one."""
 
     def __init__(self, backoff: Backoff = Backoff(), monotonic: Callable[[], float] = time.monotonic) -> None:
         self.backoff = backoff
         self.monotonic = monotonic
         self._failed: dict[RouteId, _Health] = {}
+        self._lock = threading.Lock()
 
     def is_down(self, route: RouteId, now: float | None = None) -> bool:
-        health = self._failed.get(route)
-        if health is None:
-            return False
-        now = self.monotonic() if now is None else now
-        return now < health.retry_at or health.trial
+        with self._lock:
+            health = self._failed.get(route)
+            if health is None:
+                return False
+            now = self.monotonic() if now is None else now
+            return now < health.retry_at or health.trial
 
     def claim(self, route: RouteId, now: float | None = None) -> bool:
         """Before an attempt: False when the route is down and another request already tries it again
         (the caller may still try it, as a last resort); a route whose interval is over is claimed."""
-        health = self._failed.get(route)
-        if health is None:
-            return True
-        now = self.monotonic() if now is None else now
-        if now >= health.retry_at and not health.trial:
-            health.trial = True
-            return True
-        return False
+        with self._lock:
+            health = self._failed.get(route)
+            if health is None:
+                return True
+            now = self.monotonic() if now is None else now
+            if now >= health.retry_at and not health.trial:
+                health.trial = True
+                return True
+            return False
 
     def failed(self, route: RouteId, now: float | None = None) -> float:
         """An attempt failed: down for the next interval, which is returned."""
-        now = self.monotonic() if now is None else now
-        health = self._failed.setdefault(route, _Health())
-        health.failures += 1
-        health.trial = False
-        interval = self.backoff.interval_s(health.failures)
-        health.retry_at = now + interval
-        return interval
+        with self._lock:
+            now = self.monotonic() if now is None else now
+            health = self._failed.setdefault(route, _Health())
+            health.failures += 1
+            health.trial = False
+            interval = self.backoff.interval_s(health.failures)
+            health.retry_at = now + interval
+            return interval
 
     def succeeded(self, route: RouteId) -> None:
-        self._failed.pop(route, None)
+        with self._lock:
+            self._failed.pop(route, None)
 
     def released(self, route: RouteId) -> None:
         """An attempt ended neither way (cancelled): another request may try the route again."""
-        health = self._failed.get(route)
-        if health is not None:
-            health.trial = False
+        with self._lock:
+            health = self._failed.get(route)
+            if health is not None:
+                health.trial = False
 
     def down(self) -> list[RouteId]:
-        return list(self._failed)
+        with self._lock:
+            return list(self._failed)
 
     def forget(self, keep: set[RouteId]) -> None:
-        for route in [r for r in self._failed if r not in keep]:
-            del self._failed[route]
+        with self._lock:
+            for route in [r for r in self._failed if r not in keep]:
+                del self._failed[route]
 
 
 class Router:
@@ -212,6 +224,10 @@ class Router:
         live one in the request's `encoding` moved to the front — then the down ones."""
         return self._plan(self.resolve(model), encoding)
 
+    def plan_of(self, doc: RoutesDocument, encoding: str | None = None) -> list[Route]:
+        """`plan` for one workload's document (a workload named rather than its model)."""
+        return self._plan(doc, encoding)
+
     def _plan(self, doc: RoutesDocument, encoding: str | None) -> list[Route]:
         now = self.monotonic()
         live: list[Route] = []
@@ -250,17 +266,9 @@ class Router:
         `NoRouteServed` naming every attempt; records the site's request and latency either way."""
         started = self.monotonic() if started is None else started
         doc = self.resolve(model)
-        deadline = started + (self.deadline_s if deadline_s is None else deadline_s)
         tried: list[Tried] = []
         try:
-            for route in self._plan(doc, encoding):
-                remaining = deadline - self.monotonic()
-                if remaining <= 0:
-                    raise NoRouteServed(model, self.site, tuple(tried), f"within the {deadline - started:g} s deadline")
-                if tried and self.metrics is not None:
-                    self.metrics.failover(doc.namespace, doc.name)
-                route_id = (doc.workload, route.pool, route.variant)
-                self.health.claim(route_id)
+            for route, route_id, remaining in self._attempts(doc, model, encoding, started, deadline_s, tried):
                 settled = False
                 try:
                     async with asyncio.timeout(remaining):
@@ -277,14 +285,67 @@ class Router:
                 finally:
                     if not settled:
                         self.health.released(route_id)
-                self.health.succeeded(route_id)
-                if self.metrics is not None:
-                    self.metrics.served_by(doc.namespace, doc.name, route.pool, route.variant)
-                return Served(response, doc, route, tuple(tried))
-            raise NoRouteServed(model, self.site, tuple(tried))
+                return self._served(doc, route, route_id, response, tried)
+            raise AssertionError("unreachable: the attempts end by raising NoRouteServed")
         finally:
-            if self.metrics is not None:
-                self.metrics.request(doc.namespace, doc.name, self.monotonic() - started)
+            self._record(doc, started)
+
+    def call_blocking(self, model: str, encoding: str | None, send: Callable[[Route, float], Response], *,
+                      started: float | None = None, deadline_s: float | None = None) -> Served[Response]:
+        """`call` for a blocking `send`, from any thread. `send` must give up within the `timeout_s` it
+        is handed (a blocking call cannot be abandoned from outside); a `TimeoutError` it raises counts
+        as a timeout, an `UpstreamFailure` as that failure, anything else is raised as it is."""
+        started = self.monotonic() if started is None else started
+        doc = self.resolve(model)
+        tried: list[Tried] = []
+        try:
+            for route, route_id, remaining in self._attempts(doc, model, encoding, started, deadline_s, tried):
+                settled = False
+                try:
+                    response = send(route, remaining)
+                    settled = True
+                except UpstreamFailure as failure:
+                    settled = True
+                    self._failed(route_id, route, failure.reason, failure.detail, tried)
+                    continue
+                except TimeoutError:
+                    settled = True
+                    self._failed(route_id, route, FailureReason.TIMEOUT, f"no answer in {remaining:.3g} s", tried)
+                    continue
+                finally:
+                    if not settled:
+                        self.health.released(route_id)
+                return self._served(doc, route, route_id, response, tried)
+            raise AssertionError("unreachable: the attempts end by raising NoRouteServed")
+        finally:
+            self._record(doc, started)
+
+    def _attempts(self, doc: RoutesDocument, model: str, encoding: str | None, started: float,
+                  deadline_s: float | None, tried: list[Tried]) -> Iterator[tuple[Route, RouteId, float]]:
+        """The routes one request tries, each claimed as it is handed out with the time left for it;
+        ends by raising `NoRouteServed` when every route failed or the deadline passed first."""
+        deadline = started + (self.deadline_s if deadline_s is None else deadline_s)
+        for route in self._plan(doc, encoding):
+            remaining = deadline - self.monotonic()
+            if remaining <= 0:
+                raise NoRouteServed(model, self.site, tuple(tried), f"within the {deadline - started:g} s deadline")
+            if tried and self.metrics is not None:
+                self.metrics.failover(doc.namespace, doc.name)
+            route_id = (doc.workload, route.pool, route.variant)
+            self.health.claim(route_id)
+            yield route, route_id, remaining
+        raise NoRouteServed(model, self.site, tuple(tried))
+
+    def _served(self, doc: RoutesDocument, route: Route, route_id: RouteId, response: Response,
+                tried: list[Tried]) -> Served[Response]:
+        self.health.succeeded(route_id)
+        if self.metrics is not None:
+            self.metrics.served_by(doc.namespace, doc.name, route.pool, route.variant)
+        return Served(response, doc, route, tuple(tried))
+
+    def _record(self, doc: RoutesDocument, started: float) -> None:
+        if self.metrics is not None:
+            self.metrics.request(doc.namespace, doc.name, self.monotonic() - started)
 
     def _failed(self, route_id: RouteId, route: Route, reason: FailureReason, detail: str, tried: list[Tried]) -> None:
         interval = self.health.failed(route_id)
