@@ -1,17 +1,27 @@
 """Servers the integration tests start on 127.0.0.1 and stop: Debian's Prometheus, scraping an
-exporter of link and Triton series that the test sets (import the fixtures into a test module)."""
+exporter of link and Triton series that the test sets, or any targets a test names (import the
+fixtures into a test module, or call `running_prometheus`); and `hetplace gateway` as a process."""
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import time
+import urllib.error
 import urllib.request
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Mapping
 
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.parser import text_string_to_metric_families
 
 
 def free_port() -> int:
@@ -75,16 +85,17 @@ def link_exporter():
     thread.join(timeout=5)
 
 
-@pytest.fixture(scope="module")
-def prometheus(link_exporter, tmp_path_factory):
+@contextlib.contextmanager
+def running_prometheus(home: Path, targets: Mapping[str, list[str]]) -> Iterator[str]:
+    """Debian's Prometheus on a free port, scraping each job's `host:port` targets every second; yields
+    its base URL once it is ready, and stops it after."""
     binary = shutil.which("prometheus")
     if binary is None:
         pytest.fail("prometheus is missing: `make test` installs Debian's prometheus (make tools)")
-    exporter_port = link_exporter.port
-    home = tmp_path_factory.mktemp("prometheus")
-    (home / "prometheus.yml").write_text(
-        "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
-        f"scrape_configs: [{{job_name: links, static_configs: [{{targets: ['127.0.0.1:{exporter_port}']}}]}}]\n")
+    home.mkdir(parents=True, exist_ok=True)
+    jobs = [{"job_name": job, "static_configs": [{"targets": list(addresses)}]} for job, addresses in targets.items()]
+    (home / "prometheus.yml").write_text(json.dumps({     # JSON is YAML
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"}, "scrape_configs": jobs}))
     port = free_port()
     process = subprocess.Popen([binary, f"--config.file={home / 'prometheus.yml'}",
                                 f"--storage.tsdb.path={home / 'data'}", f"--web.listen-address=127.0.0.1:{port}"],
@@ -98,10 +109,117 @@ def prometheus(link_exporter, tmp_path_factory):
         except OSError:
             return process.poll() is not None and pytest.fail((home / "prometheus.log").read_text()[-2000:])
 
-    wait_for(ready, 60, "prometheus to be ready")
-    yield url
-    process.terminate()
     try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        process.kill()
+        wait_for(ready, 60, "prometheus to be ready")
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def prometheus(link_exporter, tmp_path_factory):
+    with running_prometheus(tmp_path_factory.mktemp("prometheus"),
+                            {"links": [f"127.0.0.1:{link_exporter.port}"]}) as url:
+        yield url
+
+
+# --- hetplace gateway ---------------------------------------------------------------------------------
+
+@dataclass
+class GatewayProcess:
+    """`hetplace gateway` as a site runs it: HTTP, gRPC and metrics listeners on 127.0.0.1."""
+
+    site: str
+    http_port: int
+    grpc_port: int
+    metrics_port: int
+    process: subprocess.Popen
+    log: Path
+
+    @property
+    def http(self) -> str:
+        return f"127.0.0.1:{self.http_port}"
+
+    @property
+    def grpc(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    @property
+    def metrics_target(self) -> str:
+        """The metrics listener as a Prometheus scrape target."""
+        return f"127.0.0.1:{self.metrics_port}"
+
+    def status(self, path: str) -> int:
+        """The HTTP status of GET `path` (0: no answer)."""
+        try:
+            with urllib.request.urlopen(f"http://{self.http}{path}", timeout=2) as response:
+                return response.status
+        except urllib.error.HTTPError as answered:
+            return answered.code
+        except OSError:
+            return 0
+
+    def routes(self) -> dict:
+        """The read-only routes document, `GET /v2/hetplace/routes`."""
+        with urllib.request.urlopen(f"http://{self.http}/v2/hetplace/routes", timeout=5) as response:
+            return json.load(response)
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(f"http://{self.metrics_target}/metrics", timeout=5) as response:
+            return response.read().decode()
+
+    def sample(self, name: str, **labels: str) -> float | None:
+        """A sample of the gateway's own exposition (None: no such series)."""
+        for family in text_string_to_metric_families(self.metrics()):
+            for s in family.samples:
+                if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                    return s.value
+        return None
+
+    def alive(self) -> None:
+        if self.process.poll() is not None:
+            pytest.fail(f"the gateway exited with {self.process.returncode}:\n{self.log.read_text()[-3000:]}")
+
+    def stop(self) -> int:
+        """SIGTERM, as Kubernetes stops a pod; the exit status."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+        return self.process.returncode
+
+
+def start_gateway(site: str, home: Path, *source: str, env: Mapping[str, str] | None = None,
+                  until: str = "/v2/health/ready") -> GatewayProcess:
+    """`python -m hetplace gateway --site SITE *source` (`--routes FILE`, `--workload NS/NAME`, …) with
+    link probes every second; returns once GET `until` answers 200 (`/v2/health/live`: listening,
+    routes or not)."""
+    http_port, grpc_port, metrics_port = free_ports(3)
+    log = home / f"gateway-{http_port}.log"
+    with log.open("w") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "hetplace", "gateway", "--site", site, *source, "--listen", "127.0.0.1",
+             "--http-port", str(http_port), "--grpc-port", str(grpc_port), "--metrics-port", str(metrics_port),
+             "--probe-interval-seconds", "1", "--deadline-seconds", "5"],
+            env=dict(os.environ if env is None else env), stdin=subprocess.DEVNULL, stdout=out,
+            stderr=subprocess.STDOUT)
+    gateway = GatewayProcess(site, http_port, grpc_port, metrics_port, process, log)
+
+    def answering() -> bool:
+        gateway.alive()
+        return gateway.status(until) == 200
+
+    try:
+        wait_for(answering, 30, f"the gateway to answer {until} (log: {log})")
+    except BaseException:
+        gateway.stop()
+        raise
+    return gateway

@@ -265,11 +265,15 @@ class KubeRoutes:
                         if self._stop.is_set():
                             break
             except ApiException as e:
+                if self._stop.is_set():
+                    return
                 if e.status != 410:         # 410 Gone: the version expired, list again at once
                     log.warning("watching routes ConfigMaps in %s: %s %s", namespace or "all namespaces",
                                 e.status, e.reason)
                     self._stop.wait(self.retry_s)
             except Exception as e:  # the API unreachable, a broken stream: try again, never die
+                if self._stop.is_set():     # stop() shuts the stream under a blocked read: not a failure
+                    return
                 log.warning("watching routes ConfigMaps in %s: %s", namespace or "all namespaces", e)
                 self._stop.wait(self.retry_s)
 
