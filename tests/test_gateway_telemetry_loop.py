@@ -194,6 +194,10 @@ def test_what_clients_send_through_the_gateway_is_what_the_operator_reads_back(t
                 assert bandwidth is None, (pool, bandwidth)
                 assert (SITE, pool) in link_reading.declared
                 assert link_reading.reasons[(SITE, pool)] == f"{SITE}→{pool}: no bandwidth series"
+                # ... while the RTT it measured is planned with, beside the declared bandwidth
+                (observation,) = [o for o in link_reading.observations if o.pool == pool]
+                assert observation.bandwidth_kbps == DECLARED_KBPS
+                assert observation.rtt_ms == pytest.approx(rtt_read[pool] * 1000)
         assert link_reading.errors == ()
         assert time.monotonic() - began < 60, "the loop takes under a minute"
     finally:

@@ -23,6 +23,7 @@ from test_render import FACTORY
 from hetplace.api.load import load_manifests
 from hetplace.config import DEFAULT_QUERIES
 from hetplace.engine.from_api import pool_from_spec
+from hetplace.engine.observed import LinkObservation
 from hetplace.telemetry.prometheus import (
     GroupRef,
     LinkReading,
@@ -148,6 +149,21 @@ def test_a_latency_quantile_is_read_from_a_cumulative_histogram(buckets, percent
 LAB_SITES = (f"lab-{n}" for n in itertools.count(1))    # a link per test, so the shared exporter's series never mix
 
 
+def test_a_measured_rtt_is_planned_with_where_no_bandwidth_is_exported(prometheus, link_exporter):
+    """A gateway withholds a bandwidth it cannot estimate but exports the RTT it measured."""
+    site = next(LAB_SITES)
+    link_exporter.rtt.labels(site, "lab-pool").set(0.004)
+    client = PrometheusClient(prometheus)
+    wait_for(lambda: client.query(f'hetplace_link_rtt_seconds{{site="{site}"}}'), 30, "the scrape of the lab link")
+    clock = Clock()
+    telemetry = LinkTelemetry(client, DEFAULT_QUERIES["link_bandwidth_bytes"], DEFAULT_QUERIES["link_rtt_seconds"],
+                              stale_after_s=300, clock=clock)
+    reading = telemetry.read([lab_pool(site)])
+    assert reading.observations == (LinkObservation(site, "lab-pool", 2000.0, 4.0),), "declared rate, measured RTT"
+    assert reading.declared == ((site, "lab-pool"),) and reading.errors == ()
+    assert reading.reasons[(site, "lab-pool")] == f"{site}→lab-pool: no bandwidth series"
+
+
 def lab_pool(*sites: str):
     builder = a_pool("lab-pool").site("lab-cloud")
     for site in sites:
@@ -178,7 +194,11 @@ def test_an_implausible_link_value_from_prometheus_is_no_reading_and_says_why(
     telemetry = LinkTelemetry(client, DEFAULT_QUERIES["link_bandwidth_bytes"], DEFAULT_QUERIES["link_rtt_seconds"],
                               stale_after_s=300, clock=Clock())
     reading = telemetry.read([lab_pool(site)])
-    assert reading.declared == ((site, "lab-pool"),) and not reading.fresh and not reading.observations
+    assert reading.declared == ((site, "lab-pool"),) and not reading.fresh
+    # the other figure was measured: it is planned with, the implausible one is the declared one
+    measured_bandwidth = reason.startswith("RTT")
+    assert reading.observations == (LinkObservation(site, "lab-pool", 250.0 if measured_bandwidth else 2000.0,
+                                                    25.0),)
     assert reading.reasons[(site, "lab-pool")] == f"{site}→lab-pool: {reason}"
     assert reading.errors == (), "Prometheus answered (NaN and ±Inf included): the value is wrong, not the query"
 

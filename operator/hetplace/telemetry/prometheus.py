@@ -302,53 +302,64 @@ class LinkTelemetry:
     rtt_query: str                  # template with {site} and {pool}; seconds
     stale_after_s: float
     clock: Callable[[], float]
-    _last_good: dict[tuple[str, str], tuple[LinkObservation, float]] = field(default_factory=dict)
+    # ((site, pool), "bandwidth" | "RTT") -> (the last good value: bytes/s or s, when it was read)
+    _last_good: dict[tuple[tuple[str, str], str], tuple[float, float]] = field(default_factory=dict)
 
     def read(self, pools: Iterable[Pool]) -> LinkReading:
-        """Never raises: a link that cannot be read falls back, with its reason in `reasons`."""
+        """Never raises. Bandwidth and RTT fall back each on its own — to the last good reading of that
+        figure, then to the declared value — so a site that measures RTT but cannot see the link's rate
+        (a gateway withholds a bandwidth it cannot estimate) still plans with the RTT it measured. A
+        link is as fresh as its staler figure; `reasons` says which figure fell back and why."""
         now = self.clock()
         observations, fresh, kept, declared, errors = [], [], [], [], []
         reasons: dict[tuple[str, str], str] = {}
         for pool in pools:
             for site in sorted(pool.links):
                 key = (site, pool.name)
-                try:
-                    reading = self._read_one(site, pool.name, now)
-                except TelemetryError as failed:
-                    if failed.asked:
-                        errors.append(str(failed))
-                    reading = failed.problem
-                if isinstance(reading, LinkObservation):
-                    self._last_good[key] = (reading, now)
-                    observations.append(reading)
-                    fresh.append(key)
-                    continue
-                reasons[key] = f"{link_name(key)}: {reading}"
-                if key in self._last_good and now - self._last_good[key][1] <= self.stale_after_s:
-                    observations.append(self._last_good[key][0])
-                    kept.append(key)
-                else:
-                    declared.append(key)
+                figures, why, worst = {}, [], "fresh"
+                for what in ("bandwidth", "RTT"):
+                    try:
+                        value = self._read_figure(what, site, pool.name, now)
+                    except TelemetryError as failed:
+                        if failed.asked:
+                            errors.append(str(failed))
+                        value = failed.problem
+                    if not isinstance(value, str):
+                        self._last_good[(key, what)] = (value, now)
+                        figures[what] = value
+                        continue
+                    why.append(value)
+                    held = self._last_good.get((key, what))
+                    if held is not None and now - held[1] <= self.stale_after_s:
+                        figures[what] = held[0]
+                        worst = "declared" if worst == "declared" else "kept"
+                    else:
+                        worst = "declared"
+                if why:
+                    reasons[key] = f"{link_name(key)}: {'; '.join(why)}"
+                if figures:     # a figure not measured is the declared one
+                    link = pool.links[site]
+                    observations.append(LinkObservation(site, pool.name,
+                                                         figures.get("bandwidth", link.bandwidth_kbps * 1000.0) / 1000.0,
+                                                         figures.get("RTT", link.rtt_ms / 1000.0) * 1000.0))
+                {"fresh": fresh, "kept": kept, "declared": declared}[worst].append(key)
         return LinkReading(tuple(observations), tuple(fresh), tuple(kept), tuple(declared), tuple(errors), reasons)
 
-    def _read_one(self, site: str, pool: str, now: float) -> LinkObservation | str:
-        """The link's observation, or why there is none."""
+    def _read_figure(self, what: str, site: str, pool: str, now: float) -> float | str:
+        """The link's bandwidth (bytes/s) or RTT (s), or why there is none."""
         names = {"site": site, "pool": pool, "namespace": "", "workload": "", "variant": ""}
-        bandwidth = self._first("bandwidth", self.bandwidth_query, names)
-        if isinstance(bandwidth, str):
-            return bandwidth
-        rtt = self._first("RTT", self.rtt_query, names)
-        if isinstance(rtt, str):
-            return rtt
-        for what, sample in (("bandwidth", bandwidth), ("RTT", rtt)):
-            if now - sample.at_s > self.stale_after_s:
-                # not its age: the reason goes into status, which must not be rewritten every read
-                return f"the {what} sample is older than {self.stale_after_s:g} s"
-        bytes_per_s, rtt_s = bandwidth.value, rtt.value
-        implausible = (_implausible("bandwidth", bytes_per_s, "bytes/s", MIN_BANDWIDTH_BYTES_PER_S,
-                                    MAX_BANDWIDTH_BYTES_PER_S, low_text="1 byte/s")
-                       or _implausible("RTT", rtt_s, "s", 0.0, MAX_RTT_S))
-        return implausible or LinkObservation(site, pool, bytes_per_s / 1000.0, rtt_s * 1000.0)
+        sample = self._first(what, self.bandwidth_query if what == "bandwidth" else self.rtt_query, names)
+        if isinstance(sample, str):
+            return sample
+        if now - sample.at_s > self.stale_after_s:
+            # not its age: the reason goes into status, which must not be rewritten every read
+            return f"the {what} sample is older than {self.stale_after_s:g} s"
+        if what == "bandwidth":
+            implausible = _implausible("bandwidth", sample.value, "bytes/s", MIN_BANDWIDTH_BYTES_PER_S,
+                                       MAX_BANDWIDTH_BYTES_PER_S, low_text="1 byte/s")
+        else:
+            implausible = _implausible("RTT", sample.value, "s", 0.0, MAX_RTT_S)
+        return implausible or sample.value
 
     def _first(self, what: str, template: str, names: Mapping[str, str]) -> Sample | str:
         """The query's first series (a template should aggregate to one), or why there is none."""
