@@ -690,7 +690,7 @@ def test_each_site_runs_hetplace_gateway_with_the_flags_it_takes(rendered, name,
     assert params["listen"] == gateway.get("listen", "0.0.0.0")
     extra = dict(zip(site.get("extraArgs", [])[::2], site.get("extraArgs", [])[1::2]))
     assert params["deadline_seconds"] == float(extra.get("--deadline-seconds", gateway.get("deadlineSeconds", 10)))
-    assert params["max_request_bytes"] == gateway.get("maxRequestBytes", 64 * 1024 * 1024)
+    assert params["max_request_bytes"] == gateway.get("maxRequestBytes", 16 * 1024 * 1024)
     assert params["probe_interval_seconds"] == gateway.get("probeIntervalSeconds", 10)
     assert params["verbose"] is bool(gateway.get("verbose"))
     mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}

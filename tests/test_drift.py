@@ -171,3 +171,12 @@ def test_a_json_document_in_a_configmap_is_compared_field_by_field():
     assert differences(applied, reformatted) == [], "the same document written another way is not drift"
     (broken,) = differences(applied, {"data": {"routes.json": "{not json"}})
     assert broken.path == "data.routes.json"
+
+
+def test_a_field_added_inside_a_json_document_is_drift_as_its_readers_refuse_it():
+    applied = {"data": {"routes.json": json.dumps({"version": 2, "sites": {"f": [{"http": "http://a:8000"}]}})}}
+    added = {"data": {"routes.json": json.dumps({"version": 2, "extra": 1,
+                                                 "sites": {"f": [{"http": "http://a:8000", "weight": 3}]}})}}
+    (found,) = differences(applied, added)
+    assert found.path == "data.routes.json: (fields hetplace does not write)"
+    assert found.live == ["extra", "sites.f[0].weight"]

@@ -312,7 +312,7 @@ def crds(out_dir: Path | None) -> None:
               help="CA bundle for upstreams at https:// and grpcs:// endpoints (default: the system's).")
 @click.option("--deadline-seconds", type=float, default=10.0, show_default=True,
               help="A request's whole time upstream, every route tried included.")
-@click.option("--max-request-bytes", type=int, default=64 * 1024 * 1024, show_default=True,
+@click.option("--max-request-bytes", type=int, default=16 * 1024 * 1024, show_default=True,
               help="Larger request bodies are refused with 413.")
 @click.option("--probe-interval-seconds", type=float, default=10.0, show_default=True,
               help="How often idle links are probed and link figures published.")

@@ -14,6 +14,7 @@ import http.client
 import math
 import threading
 import time
+import weakref
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Iterable, Mapping
@@ -74,7 +75,8 @@ class HttpTransport:
         self.connect_timeout_s = connect_timeout_s
         self.network_timeout_s = network_timeout_s
         self._local = threading.local()
-        self._made: list[Any] = []
+        # weak: a client made by a thread that has ended goes with that thread's locals
+        self._made: weakref.WeakSet[Any] = weakref.WeakSet()
         self._lock = threading.Lock()
 
     def _clients(self) -> dict[str, Any]:
@@ -97,12 +99,14 @@ class HttpTransport:
                 ssl_context_factory=gevent.ssl.create_default_context if tls else None)
             clients[endpoint] = client
             with self._lock:
-                self._made.append(client)
+                self._made.add(client)
         return client
 
     def _drop(self, endpoint: str) -> None:
         client = self._clients().pop(endpoint, None)
         if client is not None:
+            with self._lock:
+                self._made.discard(client)
             try:
                 client.close()
             except Exception:   # a broken client closes as best it can
@@ -138,7 +142,7 @@ class HttpTransport:
 
     def close(self) -> None:
         with self._lock:
-            made, self._made = self._made, []
+            made, self._made = list(self._made), weakref.WeakSet()
         for client in made:
             try:
                 client.close()

@@ -206,8 +206,8 @@ class KubeRoutes:
                 self.routes.remove(key)
             elif self.routes.put(key, configmap) is None:
                 self.routes.loaded()
-            documents = self.routes.documents()
-        self.on_change(documents)
+            # handed on under the lock: two watch threads must not deliver their sets out of order
+            self.on_change(self.routes.documents())
 
     def relist(self, namespace: str | None, arguments: Mapping[str, str]) -> str:
         """List one scope and replace what it held; returns the list's resourceVersion to watch from."""
@@ -229,8 +229,7 @@ class KubeRoutes:
                     self.routes.remove(key)
             if not problems:
                 self.routes.loaded()
-            documents = self.routes.documents()
-        self.on_change(documents)
+            self.on_change(self.routes.documents())
         return listed.metadata.resource_version
 
     def _in_scope(self, key: ConfigMapKey, namespace: str | None, arguments: Mapping[str, str]) -> bool:
