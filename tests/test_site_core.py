@@ -227,6 +227,17 @@ def test_every_route_failing_raises_naming_each_route_and_why() -> None:
     assert "arm/v (HTTP 503); cpu/v (HTTP 503); gpu/v (HTTP 503)" in str(refused.value)
 
 
+def test_a_route_that_hangs_gives_way_to_the_next_well_before_the_deadline() -> None:
+    calls: list[str] = []
+    r = Router(SITE, deadline_s=30)          # the SLO is 100 ms: an attempt may take 1 s (the floor)
+    r.replace([document()])
+    began = time.monotonic()
+    served = asyncio.run(r.call("detector", None, sender({"arm": "hang", "cpu": "ok", "gpu": "ok"}, calls)))
+    assert calls == ["arm", "cpu"] and served.route.pool == "cpu"
+    assert served.tried[0].reason is FailureReason.TIMEOUT
+    assert 0.9 < time.monotonic() - began < 10, "abandoned at the per-attempt cap, not the 30 s deadline"
+
+
 def test_a_route_that_hangs_is_abandoned_at_the_deadline_and_named() -> None:
     calls: list[str] = []
     r = Router(SITE, deadline_s=0.3)

@@ -31,6 +31,11 @@ RouteId = tuple[str, str, str]     # (workload namespace/name, pool, variant): o
 DEFAULT_DEADLINE_S = 10.0
 
 
+# The most one attempt may take while other routes are left to try: ATTEMPT_SLO_MULTIPLE x the SLO,
+# at least ATTEMPT_FLOOR_S. An answer that late has missed the SLO anyway; the next route may not.
+ATTEMPT_SLO_MULTIPLE = 10.0
+ATTEMPT_FLOOR_S = 1.0
+
 class UpstreamFailure(Exception):
     """An attempt another route may serve instead; `reason` is what the metrics count, `detail` what the
     refusal names."""
@@ -325,7 +330,11 @@ class Router:
         """The routes one request tries, each claimed as it is handed out with the time left for it;
         ends by raising `NoRouteServed` when every route failed or the deadline passed first."""
         deadline = started + (self.deadline_s if deadline_s is None else deadline_s)
-        for route in self._plan(doc, encoding):
+        plan = self._plan(doc, encoding)
+        # a route that accepts the request but never answers must not take the whole deadline: each
+        # attempt but the last may take ATTEMPT_SLO_MULTIPLE times the SLO (at least ATTEMPT_FLOOR_S)
+        cap = max(ATTEMPT_FLOOR_S, ATTEMPT_SLO_MULTIPLE * doc.slo_latency_ms / 1000.0)
+        for index, route in enumerate(plan):
             remaining = deadline - self.monotonic()
             if remaining <= 0:
                 raise NoRouteServed(model, self.site, tuple(tried), f"within the {deadline - started:g} s deadline")
@@ -333,7 +342,7 @@ class Router:
                 self.metrics.failover(doc.namespace, doc.name)
             route_id = (doc.workload, route.pool, route.variant)
             self.health.claim(route_id)
-            yield route, route_id, remaining
+            yield route, route_id, remaining if index == len(plan) - 1 else min(remaining, cap)
         raise NoRouteServed(model, self.site, tuple(tried))
 
     def _served(self, doc: RoutesDocument, route: Route, route_id: RouteId, response: Response,
