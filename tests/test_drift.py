@@ -180,3 +180,18 @@ def test_a_field_added_inside_a_json_document_is_drift_as_its_readers_refuse_it(
     (found,) = differences(applied, added)
     assert found.path == "data.routes.json: (fields hetplace does not write)"
     assert found.live == ["extra", "sites.f[0].weight"]
+
+
+def test_a_routes_prediction_alone_is_neither_drift_nor_worth_a_write():
+    from hetplace.controller.inventory import APPLIED_HASH, with_applied_hash
+
+    def routes(ms: float, within: bool = True) -> dict:
+        document = {"version": 2, "sites": {"f": [{"pool": "p", "predictedLatencyMs": ms, "withinSlo": within}]}}
+        return {"kind": "ConfigMap", "metadata": {"name": "w-routes"}, "data": {"routes.json": json.dumps(document)}}
+
+    def digest(obj: dict) -> str:
+        return with_applied_hash(obj)["metadata"]["annotations"][APPLIED_HASH]
+
+    assert digest(routes(41.0)) == digest(routes(43.0)), "the prediction moved: no write"
+    assert digest(routes(41.0)) != digest(routes(41.0, within=False)), "the verdict changed: written"
+    assert differences(routes(41.0), routes(43.0)) == []

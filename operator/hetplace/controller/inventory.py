@@ -25,6 +25,7 @@ from hetplace.engine.from_api import pool_from_spec, workload_from_spec
 from hetplace.engine.snapshot import Pool, Resources, Workload
 from hetplace.render.names import group_name
 from hetplace.site.routes import DATA_KEY as ROUTES_KEY
+from hetplace.site.routes import VOLATILE_ROUTE_FIELD
 
 APPLIED_HASH = "hetplace.io/applied-hash"
 WORKLOAD_LABEL = "hetplace.io/workload"
@@ -376,10 +377,24 @@ def _owner(meta: Mapping[str, Any]) -> Mapping[str, Any]:
 
 
 def with_applied_hash(obj: dict) -> dict:
-    """`obj` with an annotation hashing its content, so an unchanged object is not applied again."""
-    digest = hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:20]
+    """`obj` with an annotation hashing its content, so an unchanged object is not applied again. The
+    routes' predicted latencies are left out of the hash: a prediction that moves with every telemetry
+    reading alone would rewrite every routes ConfigMap each cycle; they are refreshed with the next
+    change that matters to a site (order, encoding, withinSlo, the decision)."""
+    digest = hashlib.sha256(json.dumps(_decisive(obj), sort_keys=True).encode()).hexdigest()[:20]
     meta = {**obj["metadata"], "annotations": {**obj["metadata"].get("annotations", {}), APPLIED_HASH: digest}}
     return {**obj, "metadata": meta}
+
+
+def _decisive(obj: dict) -> dict:
+    data = obj.get("data") or {}
+    if obj.get("kind") != "ConfigMap" or ROUTES_KEY not in data:
+        return obj
+    document = json.loads(data[ROUTES_KEY])
+    for routes in document.get("sites", {}).values():
+        for route in routes:
+            route.pop(VOLATILE_ROUTE_FIELD, None)
+    return {**obj, "data": {**data, ROUTES_KEY: document}}
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,6 +21,8 @@ VERSION = 2
 DATA_KEY = "routes.json"
 ENCODING_HEADER = "hetplace-encoding"   # request: the encoding sent; response: the one to send now
 ROUTE_HEADER = "hetplace-route"         # response: pool/variant that answered
+# refreshed only with another change to the document: alone it is not worth a write (docs/routes.md)
+VOLATILE_ROUTE_FIELD = "predictedLatencyMs"
 
 HttpEndpoint = Annotated[str, StringConstraints(pattern=r"^https?://[^\s/]+(/[^\s]*)?$", max_length=512)]
 GrpcEndpoint = Annotated[str, StringConstraints(pattern=r"^grpcs?://[^\s/]+$", max_length=512)]
