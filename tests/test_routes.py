@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from datetime import datetime, timezone
 from pathlib import Path
 
 import jsonschema
@@ -185,7 +184,7 @@ def test_a_pool_with_client_endpoints_gives_its_routes_those_addresses():
     options = {"factory-eu-1": [route_option("cpu-cloud-eu", "openvino-int8", decided=True)],
                "cloud-eu": [route_option("gpu-cloud-eu", "trt-fp16", decided=True)]}
     cm = routes_configmap(w_obj, options, {**pools, "cpu-cloud-eu": outside}, generation=4,
-                          decided_at=datetime(2026, 12, 7, 22, 0, tzinfo=timezone.utc))
+                          decided_at="2026-12-07T22:00:00Z")
     document = from_configmap(cm)
     factory_route = document.sites["factory-eu-1"][0]
     assert factory_route.http == "https://defect-detector-cpu-cloud-eu-openvino-int8.factory.cpu.example.com"

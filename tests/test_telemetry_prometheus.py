@@ -243,9 +243,11 @@ def vector(*samples: tuple[dict[str, str], str], at_s: float | None = None) -> d
 
 
 def answering(answer: object, status: int = 200):
-    body = answer if isinstance(answer, bytes) else json.dumps(answer).encode()
-
+    """A handler answering `answer` (bytes, JSON, or a function making it at each request: a sample
+    stamped when the test runs, not when it was collected)."""
     def respond(handler: BaseHTTPRequestHandler, released: threading.Event) -> None:
+        given = answer() if callable(answer) else answer
+        body = given if isinstance(given, bytes) else json.dumps(given).encode()
         handler.send_response(status)
         handler.send_header("Content-Type", "application/json")
         handler.send_header("Content-Length", str(len(body)))
@@ -384,7 +386,7 @@ ALSO_GOOD = ("factory-eu-2", "lab-gpu")
     pytest.param(answering({"status": "error", "errorType": "execution", "error": "query timed out"}, 503),
                  "cloud-eu→lab-gpu: bandwidth query: execution: query timed out", True,
                  id="a Prometheus error for one link degrades only that link"),
-    pytest.param(answering(vector(({}, "1e-300"))), "cloud-eu→lab-gpu: bandwidth 1e-300 bytes/s is below 1 byte/s",
+    pytest.param(answering(lambda: vector(({}, "1e-300"))), "cloud-eu→lab-gpu: bandwidth 1e-300 bytes/s is below 1 byte/s",
                  False, id="an implausible bandwidth for one link degrades only that link"),
     pytest.param(answering(vector()), "cloud-eu→lab-gpu: no bandwidth series", False,
                  id="no series for one link degrades only that link"),

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Literal, Mapping
 
 from hetplace.api.status import Phase
@@ -216,7 +216,8 @@ def converge(view: WorkloadView, choice: Choice, picture: Picture, telemetry: Te
     draining = running if step.reason == "Draining" else None
     options = route_options(engine_workload(view, telemetry), _route_pools(picture, telemetry, step.routes, draining),
                             step.routes, draining)
-    routes = routes_configmap(workload, options, picture.pools, view.generation, decided_at)
+    routes = routes_configmap(workload, options, picture.pools, view.generation,
+                              decided_at.astimezone(timezone.utc).isoformat().replace("+00:00", "Z"))
     desired = [with_applied_hash(o) for o in (*rendered.deployments, *rendered.services, routes)]
     # groups kept as they run: only the running placement has them, or their pool is gone
     untouched = {group_name(workload.metadata.name, *k) for k in step.run

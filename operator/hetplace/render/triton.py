@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from typing import Any, Mapping, Sequence
 
 from hetplace.api.models import ComputePool, InferenceWorkload
@@ -145,10 +144,10 @@ def service(workload: InferenceWorkload, group: GroupPlan) -> dict[str, Any]:
 
 def routes_configmap(workload: InferenceWorkload, routes: Mapping[str, Sequence[RouteOption]],
                      pools: Mapping[str, ComputePool], generation: int | None = None,
-                     decided_at: datetime | None = None) -> dict[str, Any]:
+                     decided_at: str | None = None) -> dict[str, Any]:
     """The routes document (docs/routes.md) of `routes` (site -> routes, decided first) as the
-    ConfigMap `<workload>-routes`. `generation` and `decided_at` are left out when there is no live
-    workload (`hetplace render`)."""
+    ConfigMap `<workload>-routes`. `generation` and `decided_at` (RFC 3339, as status holds the
+    decision's time) are left out when there is no live workload (`hetplace render`)."""
     model = workload.spec.model.name
     sites = {site: [_route(workload, pools.get(o.pool), o, model) for o in options]
              for site, options in sorted(routes.items())}
@@ -156,7 +155,7 @@ def routes_configmap(workload: InferenceWorkload, routes: Mapping[str, Sequence[
     if generation is not None:
         document["generation"] = generation
     if decided_at is not None:
-        document["decidedAt"] = decided_at.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        document["decidedAt"] = decided_at
     document.update({"model": model, "sloLatencyMs": workload.spec.slo.latency_ms, "sites": sites})
     return {"apiVersion": "v1", "kind": "ConfigMap",
             "metadata": metadata(workload, routes_name(workload.metadata.name)),
