@@ -7,6 +7,8 @@ decision-latency: time of one `solve` at 50 pools x 8 variants x 4 encodings x 8
 exactness-vs-brute-force: on instances small enough to enumerate every assignment, the
   engine's feasibility, cost and worst latency against the exhaustive optimum of tests/reference_model.py, and the speed-up
   (the exhaustive search is the baseline, timed in the same run on the same instances).
+gateway: what `hetplace gateway` adds to a request against tritonclient straight to MLServer, how it
+  fails over when the primary dies, and its resident memory (bench/gateway_bench.py).
 
 This machine is shared and noisy: compare ratios within one run, not absolute times across runs.
 """
@@ -27,6 +29,7 @@ sys.path[:0] = [str(ROOT / "bench"), str(ROOT / "tests")]
 
 import fleet  # noqa: E402
 import fleet_bench  # noqa: E402
+import gateway_bench  # noqa: E402
 import operator_bench  # noqa: E402
 import reference_model  # noqa: E402
 
@@ -130,6 +133,8 @@ def main() -> None:
                                                                    operator_setup),
         "operator-drift": lambda: operator_bench.operator_drift([5, 20] if args.smoke else [20, 1000],
                                                                8 if args.smoke else 200, operator_setup),
+        # the gateway process in front of two MLServer processes (bench/gateway_bench.py)
+        "gateway": lambda: gateway_bench.gateway_bench(gateway_bench.SMOKE if args.smoke else gateway_bench.FULL),
     }
     unknown = set(args.only) - set(benchmarks)
     if unknown:
@@ -141,10 +146,16 @@ def main() -> None:
         result.update(machine=machine(), command=command, when=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
         (args.out / f"{result['name']}.json").write_text(json.dumps(result, indent=2) + "\n")
         print(f"\n{result['name']} ({result['goal']})")
-        keys = list(dict.fromkeys(k for row in result["rows"] for k in row))
-        print(" | ".join(keys))
-        for row in result["rows"]:
-            print(" | ".join(str(row.get(k, "")) for k in keys))
+        for table in ("rows", "overhead"):     # the gateway's JSON names its table by what it holds
+            rows = result.get(table, [])
+            keys = list(dict.fromkeys(k for row in rows for k in row))
+            if keys:
+                print(" | ".join(keys))
+            for row in rows:
+                print(" | ".join(str(row.get(k, "")) for k in keys))
+        for key in ("failover", "rssMb", "goalsMet"):
+            if key in result:
+                print(f"{key}: {result[key]}")
 
 
 if __name__ == "__main__":

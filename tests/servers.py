@@ -10,6 +10,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -140,10 +141,16 @@ class GatewayProcess:
     metrics_port: int
     process: subprocess.Popen
     log: Path
+    scheme: str = "http"            # https: it serves TLS, checked against `ca`
+    ca: Path | None = None
 
     @property
     def http(self) -> str:
         return f"127.0.0.1:{self.http_port}"
+
+    @property
+    def url(self) -> str:
+        return f"{self.scheme}://{self.http}"
 
     @property
     def grpc(self) -> str:
@@ -156,8 +163,9 @@ class GatewayProcess:
 
     def status(self, path: str) -> int:
         """The HTTP status of GET `path` (0: no answer)."""
+        context = ssl.create_default_context(cafile=self.ca) if self.ca else None
         try:
-            with urllib.request.urlopen(f"http://{self.http}{path}", timeout=2) as response:
+            with urllib.request.urlopen(f"{self.url}{path}", timeout=2, context=context) as response:
                 return response.status
         except urllib.error.HTTPError as answered:
             return answered.code
@@ -197,21 +205,23 @@ class GatewayProcess:
         return self.process.returncode
 
 
-def start_gateway(site: str, home: Path, *source: str, env: Mapping[str, str] | None = None,
-                  until: str = "/v2/health/ready") -> GatewayProcess:
-    """`python -m hetplace gateway --site SITE *source` (`--routes FILE`, `--workload NS/NAME`, …) with
-    link probes every second; returns once GET `until` answers 200 (`/v2/health/live`: listening,
-    routes or not)."""
+def start_gateway(site: str, home: Path, *args: str, env: Mapping[str, str] | None = None,
+                  until: str = "/v2/health/ready", scheme: str = "http", ca: Path | None = None,
+                  quick: bool = True) -> GatewayProcess:
+    """`python -m hetplace gateway --site SITE *args` (`--routes FILE`, `--workload NS/NAME`, flags)
+    on free ports of 127.0.0.1; `quick`: link probes every second and a 5 s deadline, as tests want.
+    Returns once GET `until` answers 200 (`/v2/health/live`: listening, routes or not)."""
     http_port, grpc_port, metrics_port = free_ports(3)
     log = home / f"gateway-{http_port}.log"
+    quick_flags = ("--probe-interval-seconds", "1", "--deadline-seconds", "5") if quick else ()
     with log.open("w") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "hetplace", "gateway", "--site", site, *source, "--listen", "127.0.0.1",
+            [sys.executable, "-m", "hetplace", "gateway", "--site", site, "--listen", "127.0.0.1",
              "--http-port", str(http_port), "--grpc-port", str(grpc_port), "--metrics-port", str(metrics_port),
-             "--probe-interval-seconds", "1", "--deadline-seconds", "5"],
+             *quick_flags, *args],
             env=dict(os.environ if env is None else env), stdin=subprocess.DEVNULL, stdout=out,
             stderr=subprocess.STDOUT)
-    gateway = GatewayProcess(site, http_port, grpc_port, metrics_port, process, log)
+    gateway = GatewayProcess(site, http_port, grpc_port, metrics_port, process, log, scheme, ca)
 
     def answering() -> bool:
         gateway.alive()

@@ -89,3 +89,23 @@ def test_operator_benchmarks_at_smoke_size_write_what_the_readme_reports(tmp_pat
     assert 0 < drifted["restore_p50_s"] <= drifted["restore_p99_s"] <= drifted["restore_max_s"]
     assert drifted["events_written"] >= drifted["samples"], "each correction is reported in an Event"
     assert drifted["p99_vs_baseline"] > 0
+
+
+def test_gateway_benchmark_at_smoke_size_writes_what_the_readme_reports(tmp_path):
+    """`hetplace gateway` in front of two MLServer processes: the same requests straight to MLServer and
+    through the gateway, the primary killed under load, the gateway's RSS (shape and sanity, not timing)."""
+    run = subprocess.run([sys.executable, str(REPO / "bench" / "run.py"), "--smoke", "--out", str(tmp_path),
+                          "--only", "gateway"], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads((tmp_path / "gateway.json").read_text())
+    sizes = [row["requestBytes"] for row in result["overhead"]]
+    assert len(sizes) == 3 and sizes == sorted(sizes) and 900 < sizes[0] < 1100 and 220_000 < sizes[-1] < 240_000
+    for row in result["overhead"]:
+        assert row["rps"] > 0 and row["directSamples"] > 0 and row["gatewaySamples"] > 0
+        assert row["directErrors"] == row["gatewayErrors"] == 0
+        assert 0 < row["directP50Ms"] <= row["directP99Ms"] and 0 < row["gatewayP50Ms"] <= row["gatewayP99Ms"]
+    failover = result["failover"]
+    assert failover["requests"] == failover["servedByPrimary"] + failover["servedByFallback"] + failover["clientErrors"]
+    assert failover["servedByPrimary"] > 0 and failover["servedByFallback"] > 0, "the kill fell within the load"
+    assert failover["failoverSeconds"] is not None and failover["failoverSeconds"] >= 0
+    assert 0 < result["rssMb"] <= result["peakRssMb"]

@@ -11,9 +11,7 @@ import http.client
 import json
 import shutil
 import signal
-import ssl
 import subprocess
-import sys
 import threading
 import time
 import urllib.request
@@ -30,6 +28,7 @@ from click.testing import CliRunner
 from mlserver_pools import Pool, start_pools
 from prometheus_client.parser import text_string_to_metric_families
 from servers import free_ports, wait_for
+from servers import start_gateway as start_gateway_process
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
@@ -121,33 +120,9 @@ class Gateway:
 
 
 def start_gateway(routes: Path, home: Path, *extra: str, scheme: str = "http", ca: Path | None = None) -> Gateway:
-    http_port, grpc_port, metrics_port = free_ports(3)
-    log = home / f"gateway-{http_port}.log"
-    with log.open("w") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "hetplace", "gateway", "--site", SITE, "--routes", str(routes),
-             "--listen", "127.0.0.1", "--http-port", str(http_port), "--grpc-port", str(grpc_port),
-             "--metrics-port", str(metrics_port), "--probe-interval-seconds", "1", "--deadline-seconds", "5",
-             "--max-request-bytes", str(MAX_REQUEST_BYTES), *extra],
-            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
-    gateway = Gateway(http_port, grpc_port, metrics_port, routes, process, log)
-
-    def ready() -> bool:
-        if process.poll() is not None:
-            pytest.fail(f"the gateway exited with {process.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(f"{scheme}://{gateway.http}/v2/health/ready", timeout=1,
-                                        context=ssl.create_default_context(cafile=ca) if ca else None) as response:
-                return response.status == 200
-        except OSError:
-            return False
-
-    try:
-        wait_for(ready, 30, f"the gateway to be ready (log: {log})")
-    except BaseException:
-        gateway.stop()
-        raise
-    return gateway
+    started = start_gateway_process(SITE, home, "--routes", str(routes), "--max-request-bytes", str(MAX_REQUEST_BYTES),
+                                    *extra, scheme=scheme, ca=ca)
+    return Gateway(started.http_port, started.grpc_port, started.metrics_port, routes, started.process, started.log)
 
 
 def dead_pools() -> tuple[Dead, Dead]:

@@ -3,13 +3,21 @@ the routes of its model (docs/routes.md), fails over to the next route when one 
 says which encoding to send now, and exports the series the operator plans on (docs/telemetry.md).
 
 It is thin on purpose: the order of routes and the failover loop are `core.Router`'s, the link
-figures `telemetry.LinkTelemetry`'s, the routes a source's. Bodies are forwarded as bytes (binary
-tensors and compressed bodies included, never parsed), over one pooled client session.
+figures `telemetry.LinkTelemetry`'s, the routes a source's, upstream HTTP `upstream.UpstreamPool`'s.
+Bodies are forwarded as bytes (binary tensors and compressed bodies included, never parsed), over
+pooled keep-alive connections.
+
+What runs on every request is kept small (bench/README.md, "Gateway", has the figures): upstream
+HTTP on asyncio transports rather than aiohttp's client session (which cost about 0.4 ms of CPU
+per request on two small cores; it still sends the probes), one timer per attempt (the router's
+deadline), no timer around a body that has already arrived, metric series looked up once per
+workload, and no garbage collection over what was loaded at start-up.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import signal
@@ -26,12 +34,15 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from hetplace.site.core import NoRouteServed, Router, UnknownModel, UpstreamFailure
 from hetplace.site.routes import ENCODING_HEADER, ROUTE_HEADER, Route
 from hetplace.site.telemetry import FailureReason, LinkTelemetry, SiteMetrics
+from hetplace.site.upstream import (UpstreamConnectError, UpstreamConnectTimeout, UpstreamPool, UpstreamProtocolError,
+                                    quoted)
 
 log = logging.getLogger(__name__)
 
 SERVICE = "inference.GRPCInferenceService"
 FORWARDED_REQUEST_HEADERS = ("Content-Type", "Inference-Header-Content-Length", "Content-Encoding", "Accept-Encoding")
-FORWARDED_RESPONSE_HEADERS = ("Content-Type", "Inference-Header-Content-Length", "Content-Encoding")
+FORWARDED_RESPONSE_HEADERS = tuple((h, h.lower()) for h in ("Content-Type", "Inference-Header-Content-Length",
+                                                              "Content-Encoding"))
 # gRPC statuses another route may serve instead; the others (a bad request, an unknown model) are the answer
 GRPC_FAILOVER = {grpc.StatusCode.UNAVAILABLE: FailureReason.CONNECT,
                  grpc.StatusCode.DEADLINE_EXCEEDED: FailureReason.TIMEOUT,
@@ -91,7 +102,9 @@ class Gateway:
         self.metrics = metrics
         self.links = links
         self._upstream_tls = ssl.create_default_context(cafile=settings.upstream_ca)
-        self._session: aiohttp.ClientSession | None = None
+        self._session: aiohttp.ClientSession | None = None       # probes
+        # requests; an attempt's whole time is the router's (`Router.call` bounds each send)
+        self._upstream = UpstreamPool(settings.connect_timeout_s, keepalive_s=30.0, tls=self._upstream_tls)
         self._runners: list[web.AppRunner] = []
         self._grpc_server: grpc.aio.Server | None = None
         self._channels: dict[str, grpc.aio.Channel] = {}
@@ -101,18 +114,17 @@ class Gateway:
     # -- lifecycle --------------------------------------------------------------------------------
     async def start(self) -> None:
         s = self.settings
-        trace = aiohttp.TraceConfig()
-        trace.on_connection_create_start.append(self._connect_started)
-        trace.on_connection_create_end.append(self._connect_ended)
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=30, keepalive_timeout=30),
-            auto_decompress=False, skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"), trace_configs=[trace])
+            auto_decompress=False, skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"))
         listener_tls = None
         if s.tls_cert:
             listener_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             listener_tls.load_cert_chain(s.tls_cert, s.tls_key)
         app = web.Application(client_max_size=s.max_request_bytes, middlewares=[self._triton_errors])
-        app.add_routes([
+        app.add_routes([    # inference first: the router tries the resources in this order
+            web.post("/v2/models/{model}/infer", self.infer),
+            web.post("/v2/models/{model}/versions/{version}/infer", self.infer),
             web.get("/v2/health/live", self.live),
             web.get("/v2/health/ready", self.ready),
             web.get("/v2/hetplace/routes", self.routes_document),
@@ -120,8 +132,6 @@ class Gateway:
             web.get("/v2/models/{model}/ready", self.model_get),
             web.get("/v2/models/{model}/versions/{version}", self.model_get),
             web.get("/v2/models/{model}/versions/{version}/ready", self.model_get),
-            web.post("/v2/models/{model}/infer", self.infer),
-            web.post("/v2/models/{model}/versions/{version}/infer", self.infer),
         ])
         await self._serve(app, s.http_port, listener_tls, auto_decompress=False,
                           keepalive_timeout=s.keepalive_timeout_s)
@@ -154,6 +164,7 @@ class Gateway:
             await channel.close()
         if self._session is not None:
             await self._session.close()
+        self._upstream.close()
 
     # -- HTTP ---------------------------------------------------------------------------------------
     @web.middleware
@@ -190,8 +201,11 @@ class Gateway:
                                         f"gateway's limit of {limit} bytes (--max-request-bytes)"})
         started = time.monotonic()
         try:
-            async with asyncio.timeout(self.settings.client_body_timeout_s):
+            if request.content.is_eof():      # the whole body has arrived (most do, with the headers): no timer
                 body = await request.read()
+            else:
+                async with asyncio.timeout(self.settings.client_body_timeout_s):
+                    body = await request.read()
         except TimeoutError:
             return _json(408, {"error": f"request body not received within {self.settings.client_body_timeout_s:g} s"})
         except web.HTTPRequestEntityTooLarge:
@@ -203,7 +217,7 @@ class Gateway:
                        started: float | None = None) -> web.Response:
         model = request.match_info["model"]
         version = request.match_info.get("version")
-        path = (f"/versions/{version}" if version else "") + suffix
+        path = (f"/versions/{quoted(version)}" if version else "") + suffix
         headers = {h: request.headers[h] for h in FORWARDED_REQUEST_HEADERS if h in request.headers}
         try:
             served = await self.router.call(model, request.headers.get(ENCODING_HEADER),
@@ -222,39 +236,26 @@ class Gateway:
 
     async def _send_http(self, route: Route, method: str, path: str, headers: dict[str, str], body: bytes,
                          timeout_s: float) -> HttpAnswer:
-        assert self._session is not None
-        url = f"{route.http}/v2/models/{route.model}{path}"
         began = time.monotonic()
         try:
-            async with self._session.request(
-                    method, url, data=body or None, headers=headers,
-                    timeout=aiohttp.ClientTimeout(total=timeout_s, sock_connect=self.settings.connect_timeout_s),
-                    ssl=self._upstream_tls if route.http.startswith("https") else False,
-                    trace_request_ctx=route) as response:
-                payload = await response.read()
-                status = response.status
-                kept = {h: response.headers[h] for h in FORWARDED_RESPONSE_HEADERS if h in response.headers}
-        except (aiohttp.ClientConnectorError, aiohttp.ClientSSLError) as e:
-            raise UpstreamFailure(FailureReason.CONNECT, f"cannot connect: {e.strerror or e}") from None
-        except TimeoutError:
-            raise UpstreamFailure(FailureReason.TIMEOUT, f"no answer in {timeout_s:.3g} s") from None
-        except aiohttp.ClientError as e:
-            raise UpstreamFailure(FailureReason.PROTOCOL, f"{type(e).__name__}: {e}") from None
+            answer = await self._upstream.request(route.http, method, f"/v2/models/{quoted(route.model)}{path}",
+                                                  headers, body)
+        except UpstreamConnectError as e:
+            raise UpstreamFailure(FailureReason.CONNECT, f"cannot connect: {e}") from None
+        except UpstreamConnectTimeout as e:
+            raise UpstreamFailure(FailureReason.TIMEOUT, str(e)) from None
+        except UpstreamProtocolError as e:
+            raise UpstreamFailure(FailureReason.PROTOCOL, str(e)) from None
         ended = time.monotonic()
+        if answer.connect_s is not None and not route.http.startswith("https"):   # TLS would add its handshake
+            self.links.observe_rtt(route.pool, ended, answer.connect_s)
+        payload = answer.body
         if body or len(payload) > 1024:
             self.links.observe_transfer(route.pool, ended, len(body) + len(payload), ended - began)
-        if status >= 500:
-            raise UpstreamFailure(FailureReason.SERVER_ERROR, f"HTTP {status}")
-        return HttpAnswer(status, kept, payload)
-
-    async def _connect_started(self, session, context, params) -> None:
-        context.connect_began = time.monotonic()
-
-    async def _connect_ended(self, session, context, params) -> None:
-        route = context.trace_request_ctx
-        if isinstance(route, Route) and route.http.startswith("http://"):    # TLS would add its handshake
-            now = time.monotonic()
-            self.links.observe_rtt(route.pool, now, now - context.connect_began)
+        if answer.status >= 500:
+            raise UpstreamFailure(FailureReason.SERVER_ERROR, f"HTTP {answer.status}")
+        kept = {h: answer.headers[lower] for h, lower in FORWARDED_RESPONSE_HEADERS if lower in answer.headers}
+        return HttpAnswer(answer.status, kept, payload)
 
     # -- gRPC ---------------------------------------------------------------------------------------
     async def _start_grpc(self) -> None:
@@ -384,18 +385,18 @@ class Gateway:
         for pool, route in pools.items():
             plan = self.links.plan_probes(pool, time.monotonic())
             if plan.rtt:
-                timed = await self._timed(route, "GET", f"{route.http}/v2/health/live", b"")
+                timed = await self._timed("GET", f"{route.http}/v2/health/live", b"")
                 if timed is not None:
                     self.links.observe_rtt(pool, time.monotonic(), timed[0])
             if plan.bandwidth_sizes:
                 for size in plan.bandwidth_sizes:
                     body = probe_body(size)
-                    timed = await self._timed(route, "POST", f"{route.http}/v2/models/{route.model}/infer", body)
+                    timed = await self._timed("POST", f"{route.http}/v2/models/{route.model}/infer", body)
                     if timed is not None:
                         self.links.observe_probe(pool, time.monotonic(), timed[1], timed[0])
         self.links.publish(time.monotonic(), list(pools))
 
-    async def _timed(self, route: Route, method: str, url: str, body: bytes) -> tuple[float, int] | None:
+    async def _timed(self, method: str, url: str, body: bytes) -> tuple[float, int] | None:
         """Seconds a probe took and the body bytes it moved both ways, or None when it failed (a failed
         probe measures nothing)."""
         assert self._session is not None
@@ -404,8 +405,7 @@ class Gateway:
             async with self._session.request(method, url, data=body or None,
                                              headers={"Content-Type": "application/json"} if body else None,
                                              timeout=aiohttp.ClientTimeout(total=5),
-                                             ssl=self._upstream_tls if url.startswith("https") else False,
-                                             trace_request_ctx=route) as response:
+                                             ssl=self._upstream_tls if url.startswith("https") else False) as response:
                 answer = await response.read()
                 return (time.monotonic() - began, len(body) + len(answer)) if response.status < 500 else None
         except (aiohttp.ClientError, TimeoutError):
@@ -486,6 +486,9 @@ async def serve(settings: GatewaySettings, start_source: Callable[[Router, SiteM
         loop.add_signal_handler(sig, stop.set)
     stop_source = await start_source(router, metrics)
     await gateway.start()
+    # What is alive now (modules, the app, the first routes) lives as long as the process: out of every
+    # collection from now on, so a full one (tens of ms over the imported libraries) stalls no request.
+    gc.freeze()
     try:
         await stop.wait()
         log.info("stopping: finishing requests in flight (up to %g s)", settings.shutdown_grace_s)

@@ -96,10 +96,17 @@ class SiteMetrics:
                                        "namespace/name wins).", ("model",), registry=r)
         self._in_use: dict[tuple[str, str], tuple[str, str]] = {}
         self._lock = threading.Lock()
+        # (namespace, workload) -> its request counter and latency histogram: `labels()` validates and
+        # locks on every call, and this runs on every request (these series are never removed)
+        self._per_request: dict[tuple[str, str], tuple[Counter, Histogram]] = {}
 
     def request(self, namespace: str, workload: str, seconds: float) -> None:
-        self.requests.labels(namespace, workload, self.site).inc()
-        self.duration.labels(namespace, workload, self.site).observe(seconds)
+        series = self._per_request.get((namespace, workload))
+        if series is None:
+            series = self._per_request[namespace, workload] = (self.requests.labels(namespace, workload, self.site),
+                                                               self.duration.labels(namespace, workload, self.site))
+        series[0].inc()
+        series[1].observe(seconds)
 
     def failover(self, namespace: str, workload: str) -> None:
         self.failovers.labels(namespace, workload, self.site).inc()
