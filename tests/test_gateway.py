@@ -416,7 +416,9 @@ def test_killing_the_primary_pool_under_load_costs_at_most_one_client_visible_er
             wait_for(lambda: load.sent >= killed_at + 120, 60, "two seconds of load after the kill")
         assert len(load.errors) <= 1, \
             f"{len(load.errors)} of {load.sent} requests failed: {load.errors[:5]}"
-        assert post_infer(gateway).headers[ROUTE_HEADER] == "fallback/onnx"
+        after = post_infer(gateway)
+        assert after.headers[ROUTE_HEADER] == "fallback/onnx"
+        assert after.headers[ENCODING_HEADER] == "compressed", "the site is told to send what the fallback takes"
         site = {"namespace": "factory", "workload": "defect-detector", "site": SITE}
         assert gateway.sample("hetplace_gateway_failovers_total", **site) >= 1
         assert gateway.sample("hetplace_gateway_upstream_errors_total", pool="primary") >= 1

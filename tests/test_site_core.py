@@ -326,18 +326,27 @@ def test_rtt_is_the_least_recent_sample_and_a_stale_figure_is_withdrawn() -> Non
     assert metrics.registry.get_sample_value("hetplace_link_rtt_seconds", {"site": SITE, "pool": "cpu"}) is None
 
 
-def test_an_idle_link_is_probed_for_bandwidth_and_a_busy_one_is_not() -> None:
+def test_a_link_whose_requests_give_no_figure_is_probed_for_bandwidth_and_one_whose_do_is_not() -> None:
     links = LinkTelemetry(idle_s=30)
     first = links.plan_probes("cpu", 100.0)        # nothing accrued yet at the start
     assert first.rtt is False and first.bandwidth_sizes is None
     plan = links.plan_probes("cpu", 130.0)
-    assert plan.rtt and plan.bandwidth_sizes is not None
+    assert plan.rtt and plan.bandwidth_sizes is not None, "idle: probed"
     small, large = plan.bandwidth_sizes
     assert small < large <= links.max_probe_bytes
-    busy = LinkTelemetry(idle_s=30)
-    busy.plan_probes("cpu", 100.0)
-    busy.observe_transfer("cpu", 125.0, 20_000, 0.1)
-    assert busy.plan_probes("cpu", 130.0).bandwidth_sizes is None
+    seen = LinkTelemetry(idle_s=30)
+    seen.plan_probes("cpu", 100.0)
+    for i in range(16):     # sizes apart on a 125 KB/s link: the fit sees it
+        size = 10_000 * (1 + i % 4)
+        seen.observe_transfer("cpu", 110.0 + i, size, 0.02 + size / 125_000)
+    assert seen.bandwidth_bytes("cpu", 127.0) == pytest.approx(125_000, rel=0.01)
+    assert seen.plan_probes("cpu", 130.0).bandwidth_sizes is None, "busy and seen: not probed"
+    steady = LinkTelemetry(idle_s=30)
+    steady.plan_probes("cpu", 100.0)
+    for i in range(16):     # a camera's images, all one size: the fit cannot separate rate from RTT
+        steady.observe_transfer("cpu", 110.0 + i, 33_000, 0.02 + 33_000 / 125_000)
+    assert steady.bandwidth_bytes("cpu", 127.0) is None
+    assert steady.plan_probes("cpu", 130.0).bandwidth_sizes is not None, "busy but unseen: probed"
 
 
 @settings(max_examples=200, deadline=None)

@@ -145,4 +145,4 @@ class SiteProber:
                         self.links.observe_probe(pool, time.monotonic(), moved, seconds)
             except (OSError, http.client.HTTPException):
                 continue        # a failed probe measures nothing
-        self.links.publish(time.monotonic(), list(pools))
+        self.links.publish(time.monotonic())     # every link seen: one whose pool left the routes goes stale

@@ -23,7 +23,7 @@ import grpc
 from tritonclient.utils import InferenceServerException, triton_to_np_dtype
 
 from hetplace.site.core import UpstreamFailure
-from hetplace.site.gateway import GRPC_FAILOVER
+from hetplace.site.gateway import GRPC_FAILOVER, UPSTREAM_CHANNEL_OPTIONS
 from hetplace.site.routes import Route
 from hetplace.site.telemetry import FailureReason, LinkTelemetry
 
@@ -167,18 +167,14 @@ class GrpcTransport:
     """tritonclient.grpc clients by endpoint, shared by every thread (their unary calls are
     thread-safe); each request carries the time left as its gRPC deadline."""
 
-    def __init__(self, links: LinkTelemetry, *, ca_file: str | None = None, reconnect_backoff_ms: int = 1000) -> None:
+    def __init__(self, links: LinkTelemetry, *, ca_file: str | None = None) -> None:
         import tritonclient.grpc as triton_grpc
 
         self.module = triton_grpc
         self.links = links
         self.ca_file = ca_file
-        # A channel that failed to connect waits out gRPC's reconnect backoff (up to 120 s by default)
-        # before it tries again; a route brought back by a health probe must be usable at once.
-        self.channel_args = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1),
-                             ("grpc.initial_reconnect_backoff_ms", reconnect_backoff_ms),
-                             ("grpc.min_reconnect_backoff_ms", reconnect_backoff_ms),
-                             ("grpc.max_reconnect_backoff_ms", reconnect_backoff_ms)]
+        # the gateway's: a route brought back by a health probe must be usable at once
+        self.channel_args = UPSTREAM_CHANNEL_OPTIONS
         self._clients: dict[str, Any] = {}
         self._lock = threading.Lock()
 

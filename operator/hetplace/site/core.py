@@ -247,11 +247,8 @@ class Router:
                     break
         return live + down
 
-    def encoding_now(self, doc: RoutesDocument) -> str | None:
-        """The encoding the site should send now (the decided route's)."""
-        return doc.encoding_for(self.site)
-
     # -- health from outside the request path -----------------------------------------------------
+
     def down_routes(self) -> list[tuple[str, Route]]:
         """(workload, route) of every route currently marked failed, for a health probe."""
         marked = set(self.health.down())

@@ -87,6 +87,14 @@ class GrpcRefusal:
     details: str
 
 
+# Upstream gRPC channels: no message size cap of their own (the listener's --max-request-bytes is the
+# cap), and a reconnect backoff of 1 s: gRPC's default grows to 120 s, so a pool that comes back and
+# whose route a health probe restores would fail fast with UNAVAILABLE for up to two minutes.
+UPSTREAM_CHANNEL_OPTIONS = [("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1),
+                            ("grpc.initial_reconnect_backoff_ms", 1000), ("grpc.min_reconnect_backoff_ms", 1000),
+                            ("grpc.max_reconnect_backoff_ms", 1000)]
+
+
 def _json(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> web.Response:
     return web.Response(status=status, body=json.dumps(body).encode(), content_type="application/json",
                         headers=headers)
@@ -109,7 +117,10 @@ class Gateway:
         self._grpc_server: grpc.aio.Server | None = None
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._tasks: list[asyncio.Task] = []
-        self._grpc_ca: bytes | None = open(settings.upstream_ca, "rb").read() if settings.upstream_ca else None
+        self._grpc_ca: bytes | None = None
+        if settings.upstream_ca:
+            with open(settings.upstream_ca, "rb") as ca:
+                self._grpc_ca = ca.read()
 
     # -- lifecycle --------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -199,7 +210,6 @@ class Gateway:
         if request.content_length is not None and request.content_length > limit:
             return _json(413, {"error": f"request body of {request.content_length} bytes is over the "
                                         f"gateway's limit of {limit} bytes (--max-request-bytes)"})
-        started = time.monotonic()
         try:
             if request.content.is_eof():      # the whole body has arrived (most do, with the headers): no timer
                 body = await request.read()
@@ -211,7 +221,8 @@ class Gateway:
         except web.HTTPRequestEntityTooLarge:
             return _json(413, {"error": f"request body is over the gateway's limit of {limit} bytes "
                                         f"(--max-request-bytes)"})
-        return await self._forward(request, "POST", "/infer", body, started)
+        # the deadline (upstream time) and the latency recorded run from when the whole request is in hand
+        return await self._forward(request, "POST", "/infer", body, time.monotonic())
 
     async def _forward(self, request: web.Request, method: str, suffix: str, body: bytes,
                        started: float | None = None) -> web.Response:
@@ -227,12 +238,20 @@ class Gateway:
         except UnknownModel as e:
             return _json(404, {"error": str(e)})
         except NoRouteServed as e:
-            doc = self.router.resolve(model)
-            return _json(503, {"error": str(e)}, {ENCODING_HEADER: self.router.encoding_now(doc) or ""})
+            return _json(503, {"error": str(e)}, {ENCODING_HEADER: self._encoding_now(model)})
         answer: HttpAnswer = served.response
-        answer.headers[ENCODING_HEADER] = self.router.encoding_now(served.document) or served.route.encoding
+        answer.headers[ENCODING_HEADER] = self._encoding_now(model) or served.route.encoding
         answer.headers[ROUTE_HEADER] = served.route.key
         return web.Response(status=answer.status, body=answer.body, headers=answer.headers)
+
+    def _encoding_now(self, model: str) -> str:
+        """The encoding the site should send now: that of the route the next request would take (the
+        decided one while it is live, else the first live fallback's), as hetplace.client says."""
+        try:
+            plan = self.router.plan(model)
+        except UnknownModel:        # the routes changed under the request
+            return ""
+        return plan[0].encoding if plan else ""
 
     async def _send_http(self, route: Route, method: str, path: str, headers: dict[str, str], body: bytes,
                          timeout_s: float) -> HttpAnswer:
@@ -270,7 +289,7 @@ class Gateway:
             "ModelInfer": unary(self._grpc_forwarder("ModelInfer", "ModelInferRequest")),
         })   # any other method: UNIMPLEMENTED, from grpc itself
         self._grpc_server = grpc.aio.server(handlers=[handler], options=options)
-        address = f"{s.listen}:{s.grpc_port}"
+        address = f"[{s.listen}]:{s.grpc_port}" if ":" in s.listen else f"{s.listen}:{s.grpc_port}"
         if s.tls_cert:
             with open(s.tls_key, "rb") as key, open(s.tls_cert, "rb") as cert:
                 self._grpc_server.add_secure_port(address, grpc.ssl_server_credentials([(key.read(), cert.read())]))
@@ -305,7 +324,7 @@ class Gateway:
                 await context.abort(grpc.StatusCode.NOT_FOUND, str(e))
             except NoRouteServed as e:
                 await context.abort(grpc.StatusCode.UNAVAILABLE, str(e))
-            metadata = ((ENCODING_HEADER, self.router.encoding_now(served.document) or served.route.encoding),
+            metadata = ((ENCODING_HEADER, self._encoding_now(model) or served.route.encoding),
                         (ROUTE_HEADER, served.route.key))
             if isinstance(served.response, GrpcRefusal):
                 context.set_trailing_metadata(metadata)
@@ -320,9 +339,9 @@ class Gateway:
         channel = self._channels.get(endpoint)
         if channel is None:
             scheme, _, target = endpoint.partition("://")
-            options = [("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)]
-            channel = (grpc.aio.secure_channel(target, grpc.ssl_channel_credentials(self._grpc_ca), options=options)
-                       if scheme == "grpcs" else grpc.aio.insecure_channel(target, options=options))
+            channel = (grpc.aio.secure_channel(target, grpc.ssl_channel_credentials(self._grpc_ca),
+                                               options=UPSTREAM_CHANNEL_OPTIONS)
+                       if scheme == "grpcs" else grpc.aio.insecure_channel(target, options=UPSTREAM_CHANNEL_OPTIONS))
             self._channels[endpoint] = channel
         return channel
 
@@ -353,18 +372,21 @@ class Gateway:
     async def _probe_health(self) -> None:
         while True:
             await asyncio.sleep(self.settings.health_interval_s)
-            down = self.router.down_routes()
-            if down:
-                ready = await asyncio.gather(*(self._is_ready(route) for _, route in down))
-                for (workload, route), ok in zip(down, ready):
-                    if ok:
-                        log.info("route %s of %s is ready again", route.key, workload)
-                        self.router.recovered(workload, route)
+            try:
+                down = self.router.down_routes()
+                if down:
+                    ready = await asyncio.gather(*(self._is_ready(route) for _, route in down))
+                    for (workload, route), ok in zip(down, ready):
+                        if ok:
+                            log.info("route %s of %s is ready again", route.key, workload)
+                            self.router.recovered(workload, route)
+            except Exception:   # a probe must never stop the probing
+                log.exception("route health probe failed")
 
     async def _is_ready(self, route: Route) -> bool:
         assert self._session is not None
         try:
-            async with self._session.get(f"{route.http}/v2/health/ready",
+            async with self._session.get(f"{route.http}/v2/health/ready", allow_redirects=False,
                                          timeout=aiohttp.ClientTimeout(total=self.settings.health_interval_s),
                                          ssl=self._upstream_tls if route.http.startswith("https") else False) as r:
                 return r.status == 200
@@ -394,7 +416,7 @@ class Gateway:
                     timed = await self._timed("POST", f"{route.http}/v2/models/{route.model}/infer", body)
                     if timed is not None:
                         self.links.observe_probe(pool, time.monotonic(), timed[1], timed[0])
-        self.links.publish(time.monotonic(), list(pools))
+        self.links.publish(time.monotonic())     # every link seen: one whose pool left the routes goes stale
 
     async def _timed(self, method: str, url: str, body: bytes) -> tuple[float, int] | None:
         """Seconds a probe took and the body bytes it moved both ways, or None when it failed (a failed
@@ -402,7 +424,7 @@ class Gateway:
         assert self._session is not None
         began = time.monotonic()
         try:
-            async with self._session.request(method, url, data=body or None,
+            async with self._session.request(method, url, data=body or None, allow_redirects=False,
                                              headers={"Content-Type": "application/json"} if body else None,
                                              timeout=aiohttp.ClientTimeout(total=5),
                                              ssl=self._upstream_tls if url.startswith("https") else False) as response:

@@ -310,9 +310,11 @@ class LinkTelemetry:
     def plan_probes(self, pool: str, now: float) -> ProbePlan:
         """What to probe on the link to `pool` now, paid from its budget (paid here: a plan is a promise).
 
-        RTT: when no RTT sample is younger than the RTT window. Bandwidth: when no real request used
-        the link for `idle_s` and the probe window has no figure, with the large body sized to what
-        the budget affords (at most `max_probe_bytes`, none below `min_probe_bytes`)."""
+        RTT: when no RTT sample is younger than the RTT window. Bandwidth: when real requests give no
+        figure — none used the link for `idle_s`, or those that do are all of one size, which the fit
+        cannot separate from the fixed part of their time — and the probe window has none either,
+        with the large body sized to what the budget affords (at most `max_probe_bytes`, none below
+        `min_probe_bytes`)."""
         with self._lock:
             link = self._link(pool)
             paying_at = link.bandwidth_bytes(now, self.stale_s) or ASSUMED_BANDWIDTH_BYTES
@@ -321,7 +323,8 @@ class LinkTelemetry:
             sizes = None
             last_real = link.passive.last_at()
             idle = last_real is None or now - last_real >= self.idle_s
-            if idle and link.probed.bandwidth_bytes(now) is None:
+            unseen = idle or link.passive.bandwidth_bytes(now) is None
+            if unseen and link.probed.bandwidth_bytes(now) is None:
                 large = int(min(self.max_probe_bytes,
                                 link.budget.affordable(now, paying_at) - BANDWIDTH_PROBE_OVERHEAD_BYTES))
                 large = large // ECHO_FACTOR
