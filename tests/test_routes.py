@@ -264,3 +264,15 @@ def test_only_the_first_route_may_be_the_decided_one():
         from_configmap(configmap({**doc, "sites": {"s": [doc["sites"]["s"][0], second]}}))
     assert RoutesDocument.model_validate(a_document()).encoding_for("s") == "raw"
     assert math.isclose(RoutesDocument.model_validate(a_document()).slo_latency_ms, 100)
+
+
+def test_other_workloads_on_a_fallbacks_link_slow_it_as_the_engine_counts_them():
+    w = workload({"factory": 10}, (variant("a", "cpu", 5.0, 4),))
+    pools = [pool("home", "cloud", {"factory": (5000, 20)}), pool("far", "cloud", {"factory": (500, 10)})]
+    d = with_rates(decision([("home", "a", 2, {"factory": ("compressed", 40.0)}), ("far", "a", 2, {})]),
+                   {"factory": 10})
+    alone = route_options(w, pools, d)["factory"][1]
+    shared = route_options(w, pools, d, background_bytes_per_s={("factory", "far"): 100_000})["factory"][1]
+    assert shared.predicted_latency_ms > alone.predicted_latency_ms
+    crowded = route_options(w, pools, d, background_bytes_per_s={("factory", "far"): 499_000})["factory"][1]
+    assert crowded.predicted_latency_ms is None and not crowded.within_slo, "others saturate it: no prediction"

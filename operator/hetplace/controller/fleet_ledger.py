@@ -128,6 +128,15 @@ class FleetLedger:
                 self._pools = pools
             return self._ledger
 
+    def others_link_load(self, key: str, pools: tuple[Pool, ...]) -> dict[tuple[str, str], float]:
+        """Bytes/s every other workload sends over each (site, pool) link: what a fallback of `key`'s
+        routes shares its link with."""
+        with self.lock:
+            ledger = self.ledger_for(pools)
+            own = ledger.links_of(key)
+            return {link: rate - own.get(link, 0.0) for link, rate in ledger.link_load.items()
+                    if rate - own.get(link, 0.0) > 0.0}
+
     def snapshot(self, pools: tuple[Pool, ...]) -> tuple[Snapshot, Ledger]:
         return Snapshot(pools), self.ledger_for(pools)
 

@@ -178,12 +178,14 @@ def converge(view: WorkloadView, choice: Choice, picture: Picture, telemetry: Te
              ready: Mapping[GroupKey, bool], now: datetime, *, move_timeout_s: float, image: str,
              dry_run: bool = False, waiting: Mapping[GroupKey, str] | None = None,
              drain_s: float = 0.0, live: Mapping[tuple[str, str], Mapping | None] | None = None,
-             missing_is_drift: bool = False) -> Outcome:
+             missing_is_drift: bool = False,
+             others_link_load: Mapping[tuple[str, str], float] | None = None) -> Outcome:
     """The step a choice leads to now, given which groups are ready (and, for those not, why).
     `live`: owned objects someone else changed or deleted, as the API holds them now (None:
     deleted); each one wanted is applied again where it differs from what hetplace applies. With
     `missing_is_drift` (the first look after a start), an object of what serves that does not
-    exist was deleted by someone too.
+    exist was deleted by someone too. `others_link_load`: bytes/s other workloads send over each
+    (site, pool) link, which the routes' fallbacks share.
 
     Only the groups of the target are (re-)rendered; a group only the running placement has is
     left exactly as it runs (its variant may even be gone from the spec) until it is deleted, and
@@ -215,7 +217,7 @@ def converge(view: WorkloadView, choice: Choice, picture: Picture, telemetry: Te
     decided_at = now if new_decision else view.status.decision.at
     draining = running if step.reason == "Draining" else None
     options = route_options(engine_workload(view, telemetry), _route_pools(picture, telemetry, step.routes, draining),
-                            step.routes, draining)
+                            step.routes, draining, background_bytes_per_s=others_link_load)
     routes = routes_configmap(workload, options, picture.pools, view.generation,
                               decided_at.astimezone(timezone.utc).isoformat().replace("+00:00", "Z"))
     desired = [with_applied_hash(o) for o in (*rendered.deployments, *rendered.services, routes)]

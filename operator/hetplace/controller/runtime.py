@@ -47,7 +47,7 @@ from hetplace.engine.from_api import node_cost_per_hour
 from hetplace.engine.snapshot import Resources, Workload
 from hetplace.engine.usage import taken_by
 from hetplace.engine.decision import Decision
-from hetplace.engine.observed import TrafficObservation, correction_factor
+from hetplace.engine.observed import TrafficObservation, correction_factor, with_links
 from hetplace.telemetry.prometheus import (
     GroupRef,
     ServiceTimeTelemetry,
@@ -357,10 +357,13 @@ class Operator:
             self.metrics.decision_duration.observe(time.perf_counter() - started)
         ready, why = (await self.readiness(view, choice, picture) if choice.verdict in ("keep", "move")
                       else ({}, {}))
+        others = (await asyncio.to_thread(self.fleet.others_link_load, view.key,
+                                          with_links(picture.engine_pools(), self.telemetry.links))
+                  if choice.verdict in ("keep", "move") else None)
         outcome = converge(view, choice, picture, self.telemetry, ready, now, waiting=why,
                            move_timeout_s=self.settings.move_timeout_seconds, image=self.settings.triton_image,
                            dry_run=self.settings.dry_run, drain_s=self.settings.drain_seconds, live=live,
-                           missing_is_drift=first_look)
+                           missing_is_drift=first_look, others_link_load=others)
         uid = view.body.get("metadata", {}).get("uid")
         owned = frozenset((c.kind, c.name) for c in picture.children.get(view.key, ()) if uid and c.owner_uid == uid)
         try:
