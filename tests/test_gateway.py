@@ -467,3 +467,12 @@ def test_bad_flags_are_refused_naming_the_flag_and_value(arguments: list[str], f
     result = CliRunner().invoke(main, ["gateway", "--site", SITE, *arguments])
     assert result.exit_code == 2, result.output
     assert flag in result.output and value in result.output
+
+
+def test_a_request_naming_its_model_twice_is_routed_by_the_name_the_upstream_reads() -> None:
+    first = service_pb2.ModelInferRequest(model_name="cheap").SerializeToString()
+    second = service_pb2.ModelInferRequest(model_name="guarded").SerializeToString()
+    smuggled = first + second          # protobuf keeps the last: the upstream serves "guarded"
+    assert service_pb2.ModelInferRequest.FromString(smuggled).model_name == "guarded"
+    assert model_name_of(smuggled) == "guarded"
+    assert model_name_of(first[:-2]) is None, "a message cut short is no message"

@@ -440,8 +440,10 @@ TRUE_IN_FIELD_1 = b"\x08\x01"     # a message whose field 1 is the bool true
 def model_name_of(raw: bytes) -> str | None:
     """Field 1 (a string: `model_name` or `name`) of a serialised request, read from the protobuf wire
     format without parsing the rest: a 224 KB tensor is not copied to learn where it goes. None when
-    the bytes are not a well-formed message with that field."""
+    the bytes are not a well-formed message with that field. As protobuf reads a repeated scalar
+    field, the last occurrence wins: the name routed on is the one the upstream will serve."""
     i, end = 0, len(raw)
+    name = None
     try:
         while i < end:
             key, i = _varint(raw, i)
@@ -454,14 +456,16 @@ def model_name_of(raw: bytes) -> str | None:
                 i += 4
             elif wire_type == 2:
                 length, i = _varint(raw, i)
+                if i + length > end:
+                    return None
                 if field == 1:
-                    return raw[i:i + length].decode("utf-8") if i + length <= end else None
+                    name = raw[i:i + length].decode("utf-8")
                 i += length
             else:
                 return None
     except (IndexError, UnicodeDecodeError):
         return None
-    return None
+    return name if i == end else None
 
 
 def _varint(raw: bytes, i: int) -> tuple[int, int]:
