@@ -177,7 +177,7 @@ class KubeRoutes:
         self.routes = LastGoodRoutes(metrics)
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._watches: list[Any] = []
+        self._watches: dict[tuple[str | None, str], Any] = {}     # per scope, its current watch
 
     # -- what is watched ------------------------------------------------------------------------
     def scopes(self) -> list[tuple[str | None, dict[str, str]]]:
@@ -248,7 +248,7 @@ class KubeRoutes:
             try:
                 version = self.relist(namespace, arguments)
                 w = watch.Watch()
-                self._watches.append(w)
+                self._watches[(namespace, repr(sorted(arguments.items())))] = w     # one per scope, not one per list
                 function = (self.api.list_config_map_for_all_namespaces if namespace is None
                             else self.api.list_namespaced_config_map)
                 args = () if namespace is None else (namespace,)
@@ -285,7 +285,7 @@ class KubeRoutes:
 
     def stop(self) -> None:
         self._stop.set()
-        for w in self._watches:
+        for w in list(self._watches.values()):
             w.stop()
 
 
