@@ -461,3 +461,13 @@ def test_api_events_keep_the_last_good_document_and_deleted_configmaps_go() -> N
     assert KubeRoutes(None, seen.append, workloads=[Workload("a", "b")]).scopes() == [
         ("a", {"field_selector": "metadata.name=b-routes"})]
     assert KubeRoutes(None, seen.append).scopes() == [(None, {"label_selector": "app.kubernetes.io/managed-by=hetplace"})]
+
+
+def test_what_probes_may_take_from_a_link_is_counted_for_its_operators() -> None:
+    metrics = SiteMetrics(SITE)
+    links = LinkTelemetry(metrics, idle_s=30)
+    links.plan_probes("cpu", 100.0)
+    plan = links.plan_probes("cpu", 130.0)
+    assert plan.rtt and plan.bandwidth_sizes
+    counted = metrics.registry.get_sample_value("hetplace_gateway_probe_bytes_total", {"pool": "cpu"})
+    assert counted == links.probe_spent_bytes("cpu") > 0

@@ -94,6 +94,9 @@ class SiteMetrics:
         self.model_conflicts = Counter("hetplace_gateway_model_conflicts",
                                        "Times two workloads were found serving one model name (the first by "
                                        "namespace/name wins).", ("model",), registry=r)
+        self.probe_bytes = Counter("hetplace_gateway_probe_bytes",
+                                   "Bytes of link probes sent and answered, by pool: what probing took from the "
+                                   "link (kept within 5% of its bandwidth).", ("pool",), registry=r)
         self._in_use: dict[tuple[str, str], tuple[str, str]] = {}
         self._lock = threading.Lock()
         # (namespace, workload) -> its request counter and latency histogram: `labels()` validates and
@@ -134,6 +137,9 @@ class SiteMetrics:
 
     def model_conflict(self, model: str) -> None:
         self.model_conflicts.labels(model).inc()
+
+    def probed(self, pool: str, size_bytes: float) -> None:
+        self.probe_bytes.labels(pool).inc(size_bytes)
 
     def link(self, pool: str, bandwidth_bytes: float | None, rtt_seconds: float | None) -> None:
         """Publish a link's figures; None withdraws that series (no figure is better than an old one)."""
@@ -333,7 +339,9 @@ class LinkTelemetry:
                     cost = ECHO_FACTOR * (large + small) + BANDWIDTH_PROBE_OVERHEAD_BYTES
                     if link.budget.spend(now, paying_at, cost):
                         sizes = (small, large)
-            return ProbePlan(rtt=rtt, bandwidth_sizes=sizes)
+        if self.metrics is not None and (rtt or sizes):     # what the plan may take from the link, at most
+            self.metrics.probed(pool, (RTT_PROBE_BYTES if rtt else 0) + (cost if sizes else 0))
+        return ProbePlan(rtt=rtt, bandwidth_sizes=sizes)
 
     def probe_spent_bytes(self, pool: str) -> float:
         with self._lock:
