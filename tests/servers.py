@@ -18,7 +18,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Mapping
+from typing import Callable, Iterator, Mapping, Sequence
 
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
@@ -133,7 +133,8 @@ def prometheus(link_exporter, tmp_path_factory):
 
 @dataclass
 class GatewayProcess:
-    """`hetplace gateway` as a site runs it: HTTP, gRPC and metrics listeners on 127.0.0.1."""
+    """`hetplace gateway` as a site runs it: HTTP, gRPC and metrics listeners on `host` (127.0.0.1 unless
+    the network lab runs it on a site's address)."""
 
     site: str
     http_port: int
@@ -143,10 +144,11 @@ class GatewayProcess:
     log: Path
     scheme: str = "http"            # https: it serves TLS, checked against `ca`
     ca: Path | None = None
+    host: str = "127.0.0.1"
 
     @property
     def http(self) -> str:
-        return f"127.0.0.1:{self.http_port}"
+        return f"{self.host}:{self.http_port}"
 
     @property
     def url(self) -> str:
@@ -154,12 +156,12 @@ class GatewayProcess:
 
     @property
     def grpc(self) -> str:
-        return f"127.0.0.1:{self.grpc_port}"
+        return f"{self.host}:{self.grpc_port}"
 
     @property
     def metrics_target(self) -> str:
         """The metrics listener as a Prometheus scrape target."""
-        return f"127.0.0.1:{self.metrics_port}"
+        return f"{self.host}:{self.metrics_port}"
 
     def status(self, path: str) -> int:
         """The HTTP status of GET `path` (0: no answer)."""
@@ -207,25 +209,29 @@ class GatewayProcess:
 
 def start_gateway(site: str, home: Path, *args: str, env: Mapping[str, str] | None = None,
                   until: str = "/v2/health/ready", scheme: str = "http", ca: Path | None = None,
-                  quick: bool = True) -> GatewayProcess:
+                  quick: bool = True, listen: str = "127.0.0.1", ports: tuple[int, int, int] | None = None,
+                  prefix: Sequence[str] = (), within: Callable[[Callable[[], bool]], bool] | None = None
+                  ) -> GatewayProcess:
     """`python -m hetplace gateway --site SITE *args` (`--routes FILE`, `--workload NS/NAME`, flags)
     on free ports of 127.0.0.1; `quick`: link probes every second and a 5 s deadline, as tests want.
-    Returns once GET `until` answers 200 (`/v2/health/live`: listening, routes or not)."""
-    http_port, grpc_port, metrics_port = free_ports(3)
+    Returns once GET `until` answers 200 (`/v2/health/live`: listening, routes or not).
+    The network lab (tests/netlab.py) passes `listen` (a site's address), `ports` (HTTP, gRPC, metrics),
+    the command `prefix` that enters the site's namespace, and `within`, which runs the readiness check there."""
+    http_port, grpc_port, metrics_port = ports or free_ports(3)
     log = home / f"gateway-{http_port}.log"
     quick_flags = ("--probe-interval-seconds", "1", "--deadline-seconds", "5") if quick else ()
     with log.open("w") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "hetplace", "gateway", "--site", site, "--listen", "127.0.0.1",
+            [*prefix, sys.executable, "-m", "hetplace", "gateway", "--site", site, "--listen", listen,
              "--http-port", str(http_port), "--grpc-port", str(grpc_port), "--metrics-port", str(metrics_port),
              *quick_flags, *args],
             env=dict(os.environ if env is None else env), stdin=subprocess.DEVNULL, stdout=out,
             stderr=subprocess.STDOUT)
-    gateway = GatewayProcess(site, http_port, grpc_port, metrics_port, process, log, scheme, ca)
+    gateway = GatewayProcess(site, http_port, grpc_port, metrics_port, process, log, scheme, ca, listen)
 
     def answering() -> bool:
         gateway.alive()
-        return gateway.status(until) == 200
+        return gateway.status(until) == 200 if within is None else within(lambda: gateway.status(until) == 200)
 
     try:
         wait_for(answering, 30, f"the gateway to answer {until} (log: {log})")
