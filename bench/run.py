@@ -9,6 +9,9 @@ exactness-vs-brute-force: on instances small enough to enumerate every assignmen
   (the exhaustive search is the baseline, timed in the same run on the same instances).
 gateway: what `hetplace gateway` adds to a request against tritonclient straight to MLServer, how it
   fails over when the primary dies, and its resident memory (bench/gateway_bench.py).
+netlab-bandwidth: the gateway's link bandwidth and RTT figures against tc-shaped links of the network
+  lab, with and without client traffic, and the share of the link its probes took (bench/netlab_bench.py;
+  needs root).
 
 This machine is shared and noisy: compare ratios within one run, not absolute times across runs.
 """
@@ -30,6 +33,7 @@ sys.path[:0] = [str(ROOT / "bench"), str(ROOT / "tests")]
 import fleet  # noqa: E402
 import fleet_bench  # noqa: E402
 import gateway_bench  # noqa: E402
+import netlab_bench  # noqa: E402
 import operator_bench  # noqa: E402
 import reference_model  # noqa: E402
 
@@ -135,6 +139,9 @@ def main() -> None:
                                                                8 if args.smoke else 200, operator_setup),
         # the gateway process in front of two MLServer processes (bench/gateway_bench.py)
         "gateway": lambda: gateway_bench.gateway_bench(gateway_bench.SMOKE if args.smoke else gateway_bench.FULL),
+        # the gateway's link figures against tc-shaped links on the network lab (bench/netlab_bench.py; root)
+        "netlab-bandwidth": lambda: netlab_bench.netlab_bandwidth(netlab_bench.SMOKE if args.smoke
+                                                                  else netlab_bench.FULL),
     }
     unknown = set(args.only) - set(benchmarks)
     if unknown:

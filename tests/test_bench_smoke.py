@@ -109,3 +109,18 @@ def test_gateway_benchmark_at_smoke_size_writes_what_the_readme_reports(tmp_path
     assert failover["servedByPrimary"] > 0 and failover["servedByFallback"] > 0, "the kill fell within the load"
     assert failover["failoverSeconds"] is not None and failover["failoverSeconds"] >= 0
     assert 0 < result["rssMb"] <= result["peakRssMb"]
+
+
+def test_netlab_bandwidth_at_smoke_size_writes_one_row_per_run_in_the_shape_the_issue_names(tmp_path):
+    """The gateway's link figures on the network lab (needs root: the lab says so when it is not)."""
+    run = subprocess.run([sys.executable, str(REPO / "bench" / "run.py"), "--smoke", "--out", str(tmp_path),
+                          "--only", "netlab-bandwidth"], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    result = json.loads((tmp_path / "netlab-bandwidth.json").read_text())
+    rows = result["rows"]
+    assert {row["withTraffic"] for row in rows} == {True, False}
+    for row in rows:
+        assert {"shapedKBps", "measuredKBps", "probeShare", "withTraffic"} <= set(row)
+        assert row["shapedKBps"] > 0 and row["probeShare"] >= 0
+        assert row["measuredKBps"] is None and row["notes"] or row["measuredKBps"] > 0
+    assert [row["requestErrors"] for row in rows if row["withTraffic"]] == [0]

@@ -316,12 +316,15 @@ def crds(out_dir: Path | None) -> None:
               help="Larger request bodies are refused with 413.")
 @click.option("--probe-interval-seconds", type=float, default=10.0, show_default=True,
               help="How often idle links are probed and link figures published.")
+@click.option("--link-idle-seconds", type=float, default=30.0, show_default=True,
+              help="A link that carried no request for this long, or only requests of one size, is measured "
+                   "with light probes (at most 5% of its bandwidth) instead of from its requests.")
 @click.option("-v", "--verbose", is_flag=True, help="Log at debug level.")
 @user_errors
 def gateway(site: str, routes_file: Path | None, workloads: tuple[str, ...], namespaces: tuple[str, ...],
             listen: str, http_port: int, grpc_port: int, metrics_port: int, tls_cert: str | None,
             tls_key: str | None, upstream_ca: str | None, deadline_seconds: float, max_request_bytes: int,
-            probe_interval_seconds: float, verbose: bool) -> None:
+            probe_interval_seconds: float, link_idle_seconds: float, verbose: bool) -> None:
     """Serve KServe-V2 (HTTP and gRPC) at a site and forward each request along its model's routes,
     failing over to the next route when one cannot serve (docs/routes.md); export site traffic,
     latency and link figures (docs/telemetry.md)."""
@@ -345,7 +348,8 @@ def gateway(site: str, routes_file: Path | None, workloads: tuple[str, ...], nam
     if bool(tls_cert) != bool(tls_key):
         raise click.BadParameter("--tls-cert and --tls-key go together",
                                  param_hint="'--tls-cert'" if tls_key else "'--tls-key'")
-    for flag, value in (("--deadline-seconds", deadline_seconds), ("--probe-interval-seconds", probe_interval_seconds)):
+    for flag, value in (("--deadline-seconds", deadline_seconds), ("--probe-interval-seconds", probe_interval_seconds),
+                        ("--link-idle-seconds", link_idle_seconds)):
         if not value > 0:
             raise click.BadParameter(f"{value!r}: must be > 0", param_hint=f"'{flag}'")
     if max_request_bytes < 1024:
@@ -359,7 +363,7 @@ def gateway(site: str, routes_file: Path | None, workloads: tuple[str, ...], nam
     settings = GatewaySettings(site=site, listen=listen, http_port=http_port, grpc_port=grpc_port,
                                metrics_port=metrics_port, tls_cert=tls_cert, tls_key=tls_key, upstream_ca=upstream_ca,
                                deadline_s=deadline_seconds, max_request_bytes=max_request_bytes,
-                               probe_interval_s=probe_interval_seconds)
+                               probe_interval_s=probe_interval_seconds, link_idle_s=link_idle_seconds)
 
     async def start_source(router, metrics):
         if routes_file is not None:

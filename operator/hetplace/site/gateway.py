@@ -68,6 +68,7 @@ class GatewaySettings:
     client_body_timeout_s: float = 30.0  # a client sending its body slower than this is cut off (408)
     keepalive_timeout_s: float = 75.0
     probe_interval_s: float = 10.0      # link probes (when the link is idle) and figures published
+    link_idle_s: float = 30.0           # a link without real requests this long is probed (LinkTelemetry.idle_s)
     health_interval_s: float = 1.0      # down routes probed on /v2/health/ready
     shutdown_grace_s: float = 5.0
 
@@ -504,7 +505,7 @@ async def serve(settings: GatewaySettings, start_source: Callable[[Router, SiteM
     returns how to stop it."""
     metrics = SiteMetrics(settings.site)
     router = Router(settings.site, metrics, deadline_s=settings.deadline_s)
-    links = LinkTelemetry(metrics)
+    links = LinkTelemetry(metrics, idle_s=settings.link_idle_s)
     gateway = Gateway(settings, router, metrics, links)
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
