@@ -16,7 +16,6 @@ from urllib.parse import urlsplit
 
 from hetplace.site.core import Router
 from hetplace.site.gateway import probe_body
-from hetplace.site.routes import Route
 from hetplace.site.telemetry import LinkTelemetry
 
 log = logging.getLogger(__name__)
@@ -116,16 +115,8 @@ class SiteProber:
                 log.info("route %s of %s is ready again", route.key, workload)
                 self.router.recovered(workload, route)
 
-    def _pools(self) -> dict[str, Route]:
-        """One route per pool this site reaches (the link is the pool's, whichever workload uses it)."""
-        pools: dict[str, Route] = {}
-        for doc in self.router.documents():
-            for route in doc.for_site(self.router.site):
-                pools.setdefault(route.pool, route)
-        return pools
-
     def probe_links_once(self) -> None:
-        pools = self._pools()
+        pools = self.router.pool_routes()
         for pool, route in pools.items():
             plan = self.links.plan_probes(pool, time.monotonic())
 

@@ -18,8 +18,9 @@ import asyncio
 import logging
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Awaitable, Callable, Generic, Iterable, Iterator, TypeVar
+from typing import Any, Awaitable, Callable, Generic, Iterable, Iterator, TypeVar
 
 from hetplace.site.routes import Route, RoutesDocument
 from hetplace.site.telemetry import FailureReason, SiteMetrics
@@ -35,6 +36,14 @@ DEFAULT_DEADLINE_S = 10.0
 # at least ATTEMPT_FLOOR_S. An answer that late has missed the SLO anyway; the next route may not.
 ATTEMPT_SLO_MULTIPLE = 10.0
 ATTEMPT_FLOOR_S = 1.0
+
+class _Attempt:
+    __slots__ = ("response", "served")
+
+    def __init__(self) -> None:
+        self.response: Any = None
+        self.served = False
+
 
 class UpstreamFailure(Exception):
     """An attempt another route may serve instead; `reason` is what the metrics count, `detail` what the
@@ -249,6 +258,14 @@ class Router:
 
     # -- health from outside the request path -----------------------------------------------------
 
+    def pool_routes(self) -> dict[str, Route]:
+        """One route per pool this site reaches (the link is the pool's, whichever workload uses it)."""
+        pools: dict[str, Route] = {}
+        for doc in self._documents:
+            for route in doc.for_site(self.site):
+                pools.setdefault(route.pool, route)
+        return pools
+
     def down_routes(self) -> list[tuple[str, Route]]:
         """(workload, route) of every route currently marked failed, for a health probe."""
         marked = set(self.health.down())
@@ -271,23 +288,11 @@ class Router:
         tried: list[Tried] = []
         try:
             for route, route_id, remaining in self._attempts(doc, model, encoding, started, deadline_s, tried):
-                settled = False
-                try:
+                with self._attempt(route, route_id, remaining, tried) as attempt:
                     async with asyncio.timeout(remaining):
-                        response = await send(route, remaining)
-                    settled = True
-                except UpstreamFailure as failure:
-                    settled = True
-                    self._failed(route_id, route, failure.reason, failure.detail, tried)
-                    continue
-                except TimeoutError:
-                    settled = True
-                    self._failed(route_id, route, FailureReason.TIMEOUT, f"no answer in {remaining:.3g} s", tried)
-                    continue
-                finally:
-                    if not settled:
-                        self.health.released(route_id)
-                return self._served(doc, route, route_id, response, tried)
+                        attempt.response = await send(route, remaining)
+                if attempt.served:
+                    return self._served(doc, route, route_id, attempt.response, tried)
             raise AssertionError("unreachable: the attempts end by raising NoRouteServed")
         finally:
             self._record(doc, started)
@@ -302,25 +307,29 @@ class Router:
         tried: list[Tried] = []
         try:
             for route, route_id, remaining in self._attempts(doc, model, encoding, started, deadline_s, tried):
-                settled = False
-                try:
-                    response = send(route, remaining)
-                    settled = True
-                except UpstreamFailure as failure:
-                    settled = True
-                    self._failed(route_id, route, failure.reason, failure.detail, tried)
-                    continue
-                except TimeoutError:
-                    settled = True
-                    self._failed(route_id, route, FailureReason.TIMEOUT, f"no answer in {remaining:.3g} s", tried)
-                    continue
-                finally:
-                    if not settled:
-                        self.health.released(route_id)
-                return self._served(doc, route, route_id, response, tried)
+                with self._attempt(route, route_id, remaining, tried) as attempt:
+                    attempt.response = send(route, remaining)
+                if attempt.served:
+                    return self._served(doc, route, route_id, attempt.response, tried)
             raise AssertionError("unreachable: the attempts end by raising NoRouteServed")
         finally:
             self._record(doc, started)
+
+    @contextmanager
+    def _attempt(self, route: Route, route_id: RouteId, remaining: float, tried: list[Tried]) -> Iterator[_Attempt]:
+        """One try of one route: served if the block ends, failed over on an UpstreamFailure or a
+        timeout (recorded), and anything else (a cancelled request) lets go of the route's claim."""
+        attempt = _Attempt()
+        try:
+            yield attempt
+            attempt.served = True
+        except UpstreamFailure as failure:
+            self._failed(route_id, route, failure.reason, failure.detail, tried)
+        except TimeoutError:
+            self._failed(route_id, route, FailureReason.TIMEOUT, f"no answer in {remaining:.3g} s", tried)
+        except BaseException:
+            self.health.released(route_id)
+            raise
 
     def _attempts(self, doc: RoutesDocument, model: str, encoding: str | None, started: float,
                   deadline_s: float | None, tried: list[Tried]) -> Iterator[tuple[Route, RouteId, float]]:

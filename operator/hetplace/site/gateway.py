@@ -362,14 +362,6 @@ class Gateway:
         return answer
 
     # -- background probes ------------------------------------------------------------------------
-    def _pools(self) -> dict[str, Route]:
-        """One route per pool this site reaches (the link is the pool's, whichever workload uses it)."""
-        pools: dict[str, Route] = {}
-        for doc in self.router.documents():
-            for route in doc.for_site(self.router.site):
-                pools.setdefault(route.pool, route)
-        return pools
-
     async def _probe_health(self) -> None:
         while True:
             await asyncio.sleep(self.settings.health_interval_s)
@@ -404,7 +396,7 @@ class Gateway:
 
     async def probe_links_once(self) -> None:
         """Probe the links that need it (as `LinkTelemetry.plan_probes` says and pays for), then publish."""
-        pools = self._pools()
+        pools = self.router.pool_routes()
         for pool, route in pools.items():
             plan = self.links.plan_probes(pool, time.monotonic())
             if plan.rtt:
