@@ -13,6 +13,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -127,6 +128,43 @@ def prometheus(link_exporter, tmp_path_factory):
     with running_prometheus(tmp_path_factory.mktemp("prometheus"),
                             {"links": [f"127.0.0.1:{link_exporter.port}"]}) as url:
         yield url
+
+
+# --- steady load ---------------------------------------------------------------------------------------
+
+class PacedLoad:
+    """Requests at a steady rate from a thread until the `with` ends, each on its own schedule: `send(i)`
+    makes request i and raises on anything a client would count as an error (a wrong answer too);
+    every error is kept, with the request's number."""
+
+    def __init__(self, per_second: float, send: Callable[[int], None], close: Callable[[], None] = lambda: None) -> None:
+        self.send = send
+        self.close = close      # after the last request: the clients `send` used
+        self.interval_s = 1.0 / per_second
+        self.sent = 0
+        self.errors: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        next_at = time.monotonic()
+        while not self._stop.is_set():
+            try:
+                self.send(self.sent)
+            except Exception as e:   # every kind of failure a client sees counts
+                self.errors.append(f"request {self.sent}: {type(e).__name__}: {e}")
+            self.sent += 1
+            next_at += self.interval_s
+            self._stop.wait(max(0.0, next_at - time.monotonic()))
+
+    def __enter__(self) -> "PacedLoad":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=60)
+        self.close()
 
 
 # --- hetplace gateway ---------------------------------------------------------------------------------

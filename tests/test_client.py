@@ -13,7 +13,6 @@ import ssl
 import subprocess
 import sys
 import threading
-import time
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -25,7 +24,7 @@ import yaml
 from mlserver_pools import Pool, start_pools
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
-from servers import free_ports, wait_for
+from servers import PacedLoad, free_ports, wait_for
 from tritonclient.utils import InferenceServerException
 
 from hetplace.client import NoRouteServed, Protocol, SiteClient, UnknownModel
@@ -305,41 +304,14 @@ def test_metrics_go_to_the_registry_the_application_passes(routes_file) -> None:
 
 # -- a pool dies under load ---------------------------------------------------------------------------
 
-class Load:
-    """Requests at a steady rate from a thread, through two site clients (HTTP and gRPC in turn), counting
-    every error the application would see and the pool that served each request."""
-
-    def __init__(self, clients: list[SiteClient], per_second: float) -> None:
-        self.clients = clients
-        self.interval_s = 1.0 / per_second
-        self.sent = 0
-        self.errors: list[str] = []
-        self.served_by: list[str] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        next_at = time.monotonic()
-        while not self._stop.is_set():
-            client = self.clients[self.sent % len(self.clients)]
-            try:
-                served = client.infer_served(MODEL, scores(client))
-                self.served_by.append(served.route.pool)
-                if total(served.response) != 6.0:
-                    self.errors.append(f"request {self.sent}: wrong answer {total(served.response)}")
-            except Exception as e:   # every kind of failure the application sees counts
-                self.errors.append(f"request {self.sent} ({client.protocol.value}): {type(e).__name__}: {e}")
-            self.sent += 1
-            next_at += self.interval_s
-            self._stop.wait(max(0.0, next_at - time.monotonic()))
-
-    def __enter__(self) -> "Load":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join(timeout=60)
+def served_load(clients: list[SiteClient], per_second: float, served_by: list[str]) -> PacedLoad:
+    """Requests through the clients in turn (HTTP and gRPC), the pool that served each in `served_by`."""
+    def send(i: int) -> None:
+        client = clients[i % len(clients)]
+        served = client.infer_served(MODEL, scores(client))
+        served_by.append(served.route.pool)
+        assert total(served.response) == 6.0, f"wrong answer {total(served.response)} ({client.protocol.value})"
+    return PacedLoad(per_second, send)
 
 
 @integration
@@ -350,14 +322,15 @@ def test_killing_the_primary_pool_under_load_costs_at_most_one_error(tmp_path) -
     try:
         with SiteClient(SITE, routes_file=routes, protocol="http") as over_http, \
                 SiteClient(SITE, routes_file=routes, protocol="grpc") as over_grpc:
-            with Load([over_http, over_grpc], per_second=50) as load:
+            served_by: list[str] = []
+            with served_load([over_http, over_grpc], 50, served_by) as load:
                 wait_for(lambda: load.sent >= 50, 60, "a second of load served by the primary")
-                assert set(load.served_by) == {"primary"}
+                assert set(served_by) == {"primary"}
                 primary.kill()
                 killed_at = load.sent
                 wait_for(lambda: load.sent >= killed_at + 100, 60, "two seconds of load after the kill")
             assert len(load.errors) <= 1, f"{len(load.errors)} of {load.sent} requests failed: {load.errors[:5]}"
-            assert load.served_by[-20:] == ["fallback"] * 20
+            assert served_by[-20:] == ["fallback"] * 20
             for client in (over_http, over_grpc):
                 registry = client.metrics.registry
                 assert sample(registry, "hetplace_gateway_failovers_total", **SITE_LABELS) >= 1

@@ -10,12 +10,9 @@ from __future__ import annotations
 import http.client
 import json
 import shutil
-import signal
 import subprocess
-import threading
-import time
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import grpc
@@ -26,8 +23,7 @@ import tritonclient.http as triton_http
 import yaml
 from click.testing import CliRunner
 from mlserver_pools import Pool, start_pools
-from prometheus_client.parser import text_string_to_metric_families
-from servers import free_ports, wait_for
+from servers import GatewayProcess, PacedLoad, free_ports, wait_for
 from servers import start_gateway as start_gateway_process
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
@@ -80,49 +76,20 @@ def write_routes(path: Path, first: Pool, second: Pool, dead: tuple[Dead, Dead])
 
 
 @dataclass
-class Gateway:
-    http_port: int
-    grpc_port: int
-    metrics_port: int
-    routes: Path
-    process: subprocess.Popen
-    log: Path
+class Gateway(GatewayProcess):
+    """The gateway process of these tests, with the routes file it reads."""
 
-    @property
-    def http(self) -> str:
-        return f"127.0.0.1:{self.http_port}"
-
-    @property
-    def grpc(self) -> str:
-        return f"127.0.0.1:{self.grpc_port}"
-
-    def metrics(self) -> str:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as response:
-            return response.read().decode()
+    routes: Path | None = None
 
     def sample(self, name: str, **labels: str) -> float:
-        for family in text_string_to_metric_families(self.metrics()):
-            for s in family.samples:
-                if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
-                    return s.value
-        return 0.0
-
-    def stop(self) -> int:
-        """SIGTERM, as Kubernetes stops a pod; the exit status."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
-        return self.process.returncode
+        """0 where the series is absent, as a counter not incremented yet reads."""
+        return super().sample(name, **labels) or 0.0
 
 
 def start_gateway(routes: Path, home: Path, *extra: str, scheme: str = "http", ca: Path | None = None) -> Gateway:
     started = start_gateway_process(SITE, home, "--routes", str(routes), "--max-request-bytes", str(MAX_REQUEST_BYTES),
                                     *extra, scheme=scheme, ca=ca)
-    return Gateway(started.http_port, started.grpc_port, started.metrics_port, routes, started.process, started.log)
+    return Gateway(**{f.name: getattr(started, f.name) for f in fields(started)}, routes=routes)
 
 
 def dead_pools() -> tuple[Dead, Dead]:
@@ -360,45 +327,22 @@ def test_tls_on_the_listeners_and_to_upstreams_at_https_and_grpcs_endpoints(gate
 
 # -- a pool dies under load -------------------------------------------------------------------------
 
-class Load:
-    """Requests at a steady rate from a thread, through real tritonclient clients (HTTP and gRPC in
-    turn), counting every error a client would see."""
+def steady_load(gateway: Gateway, per_second: float) -> PacedLoad:
+    """Requests through real tritonclient clients, HTTP and gRPC in turn (each used by the load's thread only)."""
+    http_client = triton_http.InferenceServerClient(gateway.http, network_timeout=30)
+    grpc_client = triton_grpc.InferenceServerClient(gateway.grpc)
 
-    def __init__(self, gateway: Gateway, per_second: float) -> None:
-        self.gateway = gateway
-        self.interval_s = 1.0 / per_second
-        self.sent = 0
-        self.errors: list[str] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+    def send(i: int) -> None:
+        if i % 2:
+            total = grpc_client.infer(MODEL, [grpc_input(scores())], client_timeout=30).as_numpy("total")[0]
+        else:
+            total = http_client.infer(MODEL, [http_input(scores())]).as_numpy("total")[0]
+        assert total == 6.0, f"wrong answer {total}"
 
-    def _run(self) -> None:
-        http_client = triton_http.InferenceServerClient(self.gateway.http, network_timeout=30)
-        grpc_client = triton_grpc.InferenceServerClient(self.gateway.grpc)
-        next_at = time.monotonic()
-        while not self._stop.is_set():
-            try:
-                if self.sent % 2:
-                    total = grpc_client.infer(MODEL, [grpc_input(scores())], client_timeout=30).as_numpy("total")[0]
-                else:
-                    total = http_client.infer(MODEL, [http_input(scores())]).as_numpy("total")[0]
-                if total != 6.0:
-                    self.errors.append(f"request {self.sent}: wrong answer {total}")
-            except Exception as e:   # every kind of failure a client sees counts
-                self.errors.append(f"request {self.sent}: {type(e).__name__}: {e}")
-            self.sent += 1
-            next_at += self.interval_s
-            self._stop.wait(max(0.0, next_at - time.monotonic()))
+    def close() -> None:
         http_client.close()
         grpc_client.close()
-
-    def __enter__(self) -> "Load":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join(timeout=60)
+    return PacedLoad(per_second, send, close)
 
 
 def test_killing_the_primary_pool_under_load_costs_at_most_one_client_visible_error(tmp_path) -> None:
@@ -408,7 +352,7 @@ def test_killing_the_primary_pool_under_load_costs_at_most_one_client_visible_er
         routes = tmp_path / "routes.yaml"
         write_routes(routes, primary, fallback, dead_pools())
         gateway = start_gateway(routes, tmp_path)
-        with Load(gateway, per_second=60) as load:
+        with steady_load(gateway, per_second=60) as load:
             wait_for(lambda: load.sent >= 60, 60, "a second of load served by the primary")
             assert post_infer(gateway).headers[ROUTE_HEADER] == "primary/onnx"
             primary.kill()
