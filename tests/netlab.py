@@ -493,13 +493,9 @@ class Lab:
 
     def wait_for(self, name: str, condition: Callable[[], Any], timeout_s: float = 30.0, what: str = "condition") -> Any:
         """Poll `condition` inside node `name` until it is true."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            value = self.call(name, condition)
-            if value:
-                return value
-            time.sleep(0.2)
-        raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what} in {name}")
+        from servers import wait_for
+
+        return wait_for(lambda: self.call(name, condition), timeout_s, f"{what} in {name}")
 
     # the project's servers
     def start_mlserver(self, pool: str, *, http_port: int = 8000, grpc_port: int = 8001, home: Path | None = None,
